@@ -1,0 +1,287 @@
+"""TracIn (Pruthi et al. 2020) on the last linear layer, computed from per-checkpoint factors.
+
+For cross-entropy and a last layer ``z = W h + b``, a row's loss gradient with respect to (W, b) is the
+outer product of its error vector ``e = softmax(z) - onehot(y)`` (k classes) with ``[h, 1]``. Hence
+
+    g_i . g_j = (e_i . e_j) (h_i . h_j + 1)   and   TracIn(i -> j) = sum_t w_t (e_i,t . e_j,t)(h_i,t . h_j,t + 1)
+
+with ``w_t`` the checkpoint weight: its learning rate eta_t (Pruthi et al.), or eta_t / |B| (``lr_over_batch``)
+for the study's option of a batch-mean loss. The influence stage stores logits and features per checkpoint
+(O((n + m)(k + d)) floats each), never an n x m matrix; blocks, self-influence and per-checkpoint
+influence are computed from them on demand.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .artifacts import ArtifactError, atomic_path, load_npz, save_npz
+from .datasets import DataSet
+from .models import AdaptedModel
+from .training import load_checkpoint, resolve_device
+
+WEIGHTINGS = ("lr", "lr_over_batch")
+ARRAYS = ("train_logits", "train_features", "val_logits", "val_features")
+
+
+def checkpoint_weight(learning_rate: float, weighting: str, batch_size: int) -> float:
+    if weighting == "lr":
+        return learning_rate
+    if weighting == "lr_over_batch":
+        return learning_rate / batch_size
+    raise ValueError(f"unknown checkpoint weighting {weighting!r}; known: {WEIGHTINGS}")
+
+
+@torch.no_grad()
+def logits_and_features(model: AdaptedModel, data: DataSet, device: torch.device, batch_size: int = 1024
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's logits and the head's input (penultimate features) for every row, in eval mode."""
+    model.eval()
+    captured: list[torch.Tensor] = []
+    hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    logits = []
+    try:
+        x = torch.from_numpy(data.x)
+        for start in range(0, len(x), batch_size):
+            logits.append(model(x[start : start + batch_size].to(device)).float().cpu())
+    finally:
+        hook.remove()
+    features = torch.cat([c.float().cpu().reshape(c.shape[0], -1) for c in captured])
+    return torch.cat(logits).numpy(), features.numpy()
+
+
+@dataclass(frozen=True)
+class FactorMeta:
+    n_train: int
+    n_val: int
+    n_classes: int
+    dim: int
+    weights: list[float]
+    epochs: list[int]
+    checkpoints: list[str]
+    weighting: str
+
+
+def compute_factors(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet, out_dir: str | Path,
+                    weighting: str = "lr", batch_size: int = 128, device: str = "cpu") -> FactorMeta:
+    """Write the per-checkpoint TracIn factors of ``train`` and ``val`` into the folder ``out_dir``."""
+    if not checkpoints:
+        raise ArtifactError("no checkpoints to compute influence from")
+    dev = resolve_device(device)
+    model.to(dev)
+    weights, epochs, arrays = [], [], {}
+    with atomic_path(out_dir, directory=True) as tmp:
+        for t, path in enumerate(checkpoints):
+            lr = load_checkpoint(model, path)
+            model.to(dev)
+            weights.append(checkpoint_weight(lr, weighting, batch_size))
+            epochs.append(int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]))
+            parts = (*logits_and_features(model, train, dev), *logits_and_features(model, val, dev))
+            for name, part in zip(ARRAYS, parts):
+                if name not in arrays:
+                    arrays[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32,
+                                                             shape=(len(checkpoints), *part.shape))
+                arrays[name][t] = part
+        for array in arrays.values():
+            array.flush()
+        np.save(tmp / "y_train.npy", train.y)
+        np.save(tmp / "y_val.npy", val.y)
+        meta = FactorMeta(len(train.y), len(val.y), train.n_classes, arrays["train_features"].shape[-1],
+                          weights, epochs, [Path(p).name for p in checkpoints], weighting)
+        (tmp / "meta.json").write_text(json.dumps(meta.__dict__, indent=2))
+        del arrays
+    return meta
+
+
+def _npy_offset(path: Path) -> tuple[int, tuple[int, ...]]:
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(handle)
+        if fortran or dtype != np.float32:
+            raise ArtifactError(f"{path}: expected a C-ordered float32 array")
+        return handle.tell(), shape
+
+
+class FactorStore:
+    """Read access to a factor folder; rows are read from disk on demand so memory stays O(block)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        try:
+            self.meta = FactorMeta(**json.loads((self.folder / "meta.json").read_text()))
+            self.y_train = np.load(self.folder / "y_train.npy")
+            self.y_val = np.load(self.folder / "y_val.npy")
+            self._layout = {name: _npy_offset(self.folder / f"{name}.npy") for name in ARRAYS}
+        except (FileNotFoundError, json.JSONDecodeError, TypeError, ValueError) as err:
+            raise ArtifactError(f"{self.folder} is not a complete influence-factor folder: {err}") from err
+
+    @property
+    def n_checkpoints(self) -> int:
+        return len(self.meta.weights)
+
+    def read(self, name: str, t: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of array ``name`` at checkpoint ``t``, read with one seek (no memory map)."""
+        offset, shape = self._layout[name]
+        stop = shape[1] if stop is None else min(stop, shape[1])
+        row_floats = int(np.prod(shape[2:]))
+        with open(self.folder / f"{name}.npy", "rb") as handle:
+            handle.seek(offset + 4 * row_floats * (t * shape[1] + start))
+            data = np.fromfile(handle, dtype=np.float32, count=row_floats * (stop - start))
+        return data.reshape(stop - start, *shape[2:])
+
+    def all(self, name: str) -> np.ndarray:
+        return np.stack([self.read(name, t) for t in range(self.n_checkpoints)])
+
+
+def error_vectors(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, dim=-1) - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+
+
+def with_bias(features: torch.Tensor) -> torch.Tensor:
+    return torch.cat([features, torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)], -1)
+
+
+class TracInEngine:
+    """Blockwise TracIn from a ``FactorStore``: validation factors stay resident, training rows stream."""
+
+    def __init__(self, store: FactorStore, device: str = "cpu") -> None:
+        self.store, self.device = store, resolve_device(device)
+        self.weights = torch.tensor(store.meta.weights, dtype=torch.float32, device=self.device)
+        y_val = torch.from_numpy(store.y_val).to(self.device)
+        self.val_errors = torch.stack([error_vectors(self._tensor("val_logits", t), y_val) for t in range(self.n_checkpoints)])
+        self.val_features = torch.stack([with_bias(self._tensor("val_features", t)) for t in range(self.n_checkpoints)])
+
+    @property
+    def n_checkpoints(self) -> int:
+        return self.store.n_checkpoints
+
+    @property
+    def n_train(self) -> int:
+        return self.store.meta.n_train
+
+    @property
+    def n_val(self) -> int:
+        return self.store.meta.n_val
+
+    def _tensor(self, name: str, t: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        return torch.from_numpy(self.store.read(name, t, start, stop)).to(self.device)
+
+    def train_factors(self, start: int, stop: int, weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Error vectors (T, b, k), times w_t if ``weighted``, and bias-augmented features (T, b, d + 1)."""
+        labels = torch.from_numpy(self.store.y_train[start:stop]).to(self.device)
+        errors = torch.stack([error_vectors(self._tensor("train_logits", t, start, stop), labels)
+                              for t in range(self.n_checkpoints)])
+        features = torch.stack([with_bias(self._tensor("train_features", t, start, stop)) for t in range(self.n_checkpoints)])
+        return (errors * self.weights[:, None, None] if weighted else errors), features
+
+    def block(self, train_factors: tuple[torch.Tensor, torch.Tensor], start: int, stop: int) -> torch.Tensor:
+        """Per-checkpoint influence (T, b, c) of the given train rows on validation rows [start, stop)."""
+        errors, features = train_factors
+        out = torch.bmm(features, self.val_features[:, start:stop].transpose(1, 2))
+        return out.mul_(torch.bmm(errors, self.val_errors[:, start:stop].transpose(1, 2)))
+
+    def blocks(self, row_block: int = 2048, col_block: int = 2048
+               ) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+        """Every (train rows, validation rows, per-checkpoint influence block) tile of the matrix."""
+        for start in range(0, self.n_train, row_block):
+            stop = min(start + row_block, self.n_train)
+            factors = self.train_factors(start, stop)
+            for col in range(0, self.n_val, col_block):
+                col_stop = min(col + col_block, self.n_val)
+                yield slice(start, stop), slice(col, col_stop), self.block(factors, col, col_stop)
+
+    def self_influence(self, row_block: int = 8192) -> torch.Tensor:
+        """Per-checkpoint self-influence (T, n): w_t |e_i,t|^2 (|h_i,t|^2 + 1)."""
+        parts = []
+        for start in range(0, self.n_train, row_block):
+            errors, features = self.train_factors(start, min(start + row_block, self.n_train), weighted=False)
+            parts.append(self.weights[:, None] * errors.square().sum(-1) * features.square().sum(-1))
+        return torch.cat(parts, dim=1)
+
+    def matrix(self, per_checkpoint: bool = False) -> torch.Tensor:
+        """The full train -> validation matrix (n, m), or (T, n, m); only for sizes that fit in memory."""
+        out = torch.zeros((self.n_checkpoints, self.n_train, self.n_val) if per_checkpoint else (self.n_train, self.n_val),
+                          device=self.device)
+        for rows, cols, block in self.blocks():
+            if per_checkpoint:
+                out[:, rows, cols] = block
+            else:
+                out[rows, cols] = block.sum(0)
+        return out
+
+
+class DenseInfluence:
+    """Per-checkpoint influence held as dense arrays (Captum's output), behind the engine's interface."""
+
+    def __init__(self, per_checkpoint: np.ndarray, self_influence: np.ndarray, device: str = "cpu") -> None:
+        self.device = resolve_device(device)
+        self.per_checkpoint = torch.from_numpy(per_checkpoint).float().to(self.device)
+        self._self = torch.from_numpy(self_influence).float().to(self.device)
+        self.n_checkpoints, self.n_train, self.n_val = self.per_checkpoint.shape
+
+    def blocks(self, row_block: int = 2048, col_block: int = 2048) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+        for start in range(0, self.n_train, row_block):
+            for col in range(0, self.n_val, col_block):
+                rows, cols = slice(start, start + row_block), slice(col, col + col_block)
+                yield rows, cols, self.per_checkpoint[:, rows, cols]
+
+    def self_influence(self) -> torch.Tensor:
+        return self._self
+
+
+def captum_influence(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet,
+                     weighting: str = "lr", batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Captum's TracInCP on the final linear layer (bias included), one checkpoint at a time.
+
+    Returns per-checkpoint train -> validation influence (T, n, m) and self-influence (T, n). Captum
+    multiplies by each checkpoint's learning rate (from ``load_checkpoint``); ``lr_over_batch`` scales by 1/|B|.
+    """
+    from captum.influence import TracInCP
+    from torch.utils.data import TensorDataset
+
+    scale = checkpoint_weight(1.0, weighting, batch_size)
+    dataset = TensorDataset(torch.from_numpy(train.x), torch.from_numpy(train.y))
+    model.eval()
+    per_checkpoint, self_influence = [], []
+    for path in checkpoints:
+        tracin = TracInCP(model, dataset, checkpoints=[str(path)], checkpoints_load_func=load_checkpoint,
+                          layers=[f"net.{model.head_name}"], loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"),
+                          batch_size=batch_size, sample_wise_grads_per_batch=True)
+        influence = tracin.influence((torch.from_numpy(val.x), torch.from_numpy(val.y)))
+        per_checkpoint.append(influence.T.detach().numpy() * scale)
+        self_influence.append(tracin.self_influence().detach().numpy() * scale)
+    return np.stack(per_checkpoint).astype(np.float32), np.stack(self_influence).astype(np.float32)
+
+
+BACKENDS = ("factors", "captum")
+
+
+def compute(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet, out_dir: str | Path,
+            backend: str = "factors", weighting: str = "lr", batch_size: int = 128, device: str = "cpu") -> None:
+    """The influence stage: factors always (signals and baselines read them), Captum's matrices if asked."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown influence backend {backend!r}; known: {BACKENDS}")
+    compute_factors(model, checkpoints, train, val, out_dir, weighting, batch_size, device)
+    if backend == "captum":
+        per_checkpoint, self_influence = captum_influence(model, checkpoints, train, val, weighting, batch_size)
+        save_npz(Path(out_dir) / "captum.npz", per_checkpoint=per_checkpoint, self_influence=self_influence)
+
+
+def open_influence(folder: str | Path, device: str = "cpu") -> TracInEngine | DenseInfluence:
+    """The influence of a finished influence stage: Captum's dense matrices where present, else the engine."""
+    dense = Path(folder) / "captum.npz"
+    if dense.exists():
+        arrays = load_npz(dense)
+        return DenseInfluence(arrays["per_checkpoint"], arrays["self_influence"], device)
+    return TracInEngine(FactorStore(folder), device)
+
+
+def write_matrix(path: str | Path, engine: TracInEngine) -> None:
+    save_npz(path, influence=engine.matrix().cpu().numpy(), self_influence=engine.self_influence().sum(0).cpu().numpy())

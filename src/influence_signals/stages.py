@@ -1,0 +1,156 @@
+"""The pipeline's stages as plain functions of paths and settings.
+
+Snakemake scripts call ``run_from_snakemake``, which maps the job's named inputs, outputs and params onto
+a stage's keyword arguments; tests and users call the same functions directly.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import baselines, datasets, glitches, influence, metrics, models, plots, signals, training
+from .artifacts import load_npz, save_npz, write_csv
+
+log = logging.getLogger("influence_signals")
+
+
+def prepare(dataset: str, spec: Mapping[str, Any], data_dir: str, download: bool, fraction: float,
+            val_fraction: float, seed: int, train: str, val: str) -> None:
+    """Load a data set, take the stratified subsample and write the train / validation splits."""
+    data = datasets.load(dataset, spec, data_dir, download)
+    train_set, val_set = datasets.prepare(data, fraction, val_fraction, seed)
+    log.info("%s: %d train and %d validation rows, %d classes", dataset, len(train_set.y), len(val_set.y), data.n_classes)
+    datasets.save(train, train_set)
+    datasets.save(val, val_set)
+
+
+def inject(clean_train: str, glitch: str, ratio: int, seed: int, options: Mapping[str, Any], glitched_train: str,
+           errors: str, source: str | None = None) -> None:
+    """Glitch the training split (``ratio`` in percent) and write it with its error table."""
+    train_set = datasets.load_saved(clean_train)
+    source_set = datasets.load_saved(source) if source else None
+    glitched, table = glitches.inject(train_set, glitch, ratio / 100, seed, source_set, options)
+    log.info("%s at %d %%: %d of %d rows glitched", glitch, ratio, int(table["glitched"].sum()), len(table))
+    write_csv(errors, table)
+    datasets.save(glitched_train, glitched)
+
+
+def _build(model: str, data: datasets.DataSet, settings: Mapping[str, Any], seed: int) -> models.AdaptedModel:
+    torch.manual_seed(seed)
+    return models.build(model, data.x.shape[1:], data.n_classes, settings.get("options"))
+
+
+def _train_settings(settings: Mapping[str, Any], seed: int) -> training.TrainSettings:
+    return training.TrainSettings(epochs=settings["epochs"], lr=settings["lr"], batch_size=settings["batch_size"],
+                                  trainable=settings.get("trainable"), seed=seed, device=settings.get("device", "cpu"),
+                                  checkpoint_every_steps=settings.get("checkpoint_every_steps"))
+
+
+def _load_pretrained(net: models.AdaptedModel, model: str, pretrained: str | None, path: str | None, download: bool) -> None:
+    if pretrained in (None, "none"):
+        return
+    if pretrained == "torchvision":
+        models.load_backbone(net, models.torchvision_weights(model, download), f"torchvision:{model}")
+        return
+    if pretrained == "pipeline":
+        if path is None:
+            raise ValueError(f"{model}: `pretrained: pipeline` needs the pretrain stage's checkpoints")
+        source = str(training.epoch_checkpoints(path)[-1])
+    else:
+        source = pretrained
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    state = payload["model_state_dict"]
+    models.load_backbone(net, {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, str(source))
+
+
+def train(train_set: str, val_set: str, model: str, settings: Mapping[str, Any], seed: int, download: bool,
+          checkpoints: str, history: str, pretrained: str | None = None) -> None:
+    """Train (or fine-tune) one model, one checkpoint per epoch; also the pretrain stage (no ``pretrained``)."""
+    train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
+    net = _build(model, train_data, settings, seed)
+    _load_pretrained(net, model, settings.get("pretrained"), pretrained, download)
+    table = training.train(net, train_data, val_data, _train_settings(settings, seed), checkpoints)
+    write_csv(history, table)
+
+
+def compute_influence(train_set: str, val_set: str, checkpoints: str, model: str, settings: Mapping[str, Any],
+                      seed: int, backend: str, weighting: str, batch_size: int, device: str, write_matrix: bool,
+                      factors: str) -> None:
+    """TracIn factors (and Captum's matrices, or the full matrix, if asked) from a run's epoch checkpoints."""
+    train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
+    net = _build(model, train_data, settings, seed)
+    paths = training.epoch_checkpoints(checkpoints)
+    influence.compute(net, paths, train_data, val_data, factors, backend, weighting, batch_size, device)
+    if write_matrix:
+        influence.write_matrix(Path(factors) / "matrix.npz", influence.open_influence(factors, device))
+
+
+def compute_signals(factors: str, seed: int, row_block: int, col_block: int, k_neighbours: int, use_baselines: bool,
+                    device: str, scores: str, per_epoch: str) -> None:
+    """Every influence signal and baseline score per training row."""
+    store = influence.FactorStore(factors)
+    table, per_checkpoint = signals.compute(influence.open_influence(factors, device), store, row_block, col_block, k_neighbours)
+    if use_baselines:
+        table = table.merge(baselines.compute(store, seed), on="row")
+    write_csv(scores, table)
+    save_npz(per_epoch, scores=per_checkpoint, signals=np.array(signals.BASE_SIGNALS), epochs=np.array(store.meta.epochs))
+
+
+def evaluate(scores: str, errors: str, per_epoch: str, factors: str, val_set: str, metrics_out: str,
+             epoch_metrics: str, accuracy: str) -> None:
+    """F1 / AP / AUROC of every score; per-epoch F1; accuracy on glitched rows (the study's Table 1)."""
+    table = pd.read_csv(errors)
+    write_csv(metrics_out, metrics.evaluate(pd.read_csv(scores), table))
+    arrays = load_npz(per_epoch)
+    glitched = table.sort_values("row")["glitched"].to_numpy(dtype=bool)
+    write_csv(epoch_metrics, metrics.per_epoch_f1(arrays["scores"], list(arrays["signals"]), glitched, list(arrays["epochs"])))
+    store = influence.FactorStore(factors)
+    last = store.n_checkpoints - 1
+    val_logits = store.read("val_logits", last)
+    row = metrics.accuracy_table(store.read("train_logits", last), table)
+    row["accuracy_validation"] = float((val_logits.argmax(-1) == datasets.load_saved(val_set).y).mean())
+    write_csv(accuracy, pd.DataFrame([row]))
+
+
+def _with_job(paths: Sequence[str], keys: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    frames = [pd.read_csv(path).assign(**key) for path, key in zip(paths, keys)]
+    return pd.concat(frames, ignore_index=True)
+
+
+JOB_KEYS = ("dataset", "model", "glitch", "ratio")
+
+
+def aggregate(metric_files: Sequence[str], accuracy_files: Sequence[str], jobs: Sequence[Mapping[str, Any]],
+              summary: str, accuracy_summary: str, figure: str) -> None:
+    """Mean and sd over seeds of every metric, and the overview figure."""
+    table = metrics.summarise(_with_job(metric_files, jobs), [*JOB_KEYS, "signal"])
+    write_csv(summary, table)
+    accuracy = _with_job(accuracy_files, jobs)
+    accuracy_table = metrics.summarise(accuracy, JOB_KEYS, [c for c in accuracy.columns if c.startswith("accuracy")])
+    write_csv(accuracy_summary, accuracy_table)
+    plots.overview(table, figure)
+
+
+def configure_logging(path: str | None) -> None:
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def run_from_snakemake(smk: Any, stage: Callable[..., None]) -> None:
+    """Call ``stage`` with the job's named inputs, outputs and params, logging to the job's log."""
+    configure_logging(smk.log[0] if len(smk.log) else None)
+    torch.set_num_threads(max(1, int(smk.threads)))
+    kwargs = {**dict(smk.input.items()), **dict(smk.output.items()), **dict(smk.params.items())}
+    accepted = inspect.signature(stage).parameters
+    stage(**{k: v for k, v in kwargs.items() if k in accepted})

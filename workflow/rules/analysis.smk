@@ -1,0 +1,66 @@
+# Analysis stages: signals per row, metrics per job, aggregates and figures over the grid.
+
+
+rule signals:
+    input:
+        factors=RUN + "/influence",
+    output:
+        scores=RUN + "/scores.csv",
+        per_epoch=RUN + "/per_epoch.npz",
+    params:
+        seed=lambda w: int(w.seed),
+        row_block=config["signals"]["row_block"],
+        col_block=config["signals"]["col_block"],
+        k_neighbours=config["signals"]["k_neighbours"],
+        use_baselines=config["signals"]["baselines"],
+        device=config["device"],
+        code=code("influence", "signals", "baselines"),
+    log:
+        RUN.replace("results/runs", "results/logs/signals") + ".log",
+    benchmark:
+        RUN.replace("results/runs", "results/benchmarks/signals") + ".tsv"
+    threads: threads_for("signals")
+    script:
+        "../scripts/signals.py"
+
+
+rule evaluate:
+    input:
+        scores=RUN + "/scores.csv",
+        per_epoch=RUN + "/per_epoch.npz",
+        errors=GLITCHED + "/errors.csv",
+        factors=RUN + "/influence",
+        val_set=DATA + "/val.npz",
+    output:
+        metrics_out=RUN + "/metrics.csv",
+        epoch_metrics=RUN + "/epoch_metrics.csv",
+        accuracy=RUN + "/accuracy.csv",
+    params:
+        code=code("metrics", "influence"),
+    log:
+        RUN.replace("results/runs", "results/logs/evaluate") + ".log",
+    benchmark:
+        RUN.replace("results/runs", "results/benchmarks/evaluate") + ".tsv"
+    threads: 1
+    script:
+        "../scripts/evaluate.py"
+
+
+rule aggregate:
+    input:
+        metric_files=run_paths(RUN + "/metrics.csv"),
+        accuracy_files=run_paths(RUN + "/accuracy.csv"),
+    output:
+        summary="results/summary.csv",
+        accuracy_summary="results/accuracy_summary.csv",
+        figure=report("results/summary.pdf", caption="../report/summary.rst", category="Overview"),
+    params:
+        jobs=[job.wildcards for job in JOBS],
+        code=code("metrics", "plots"),
+    log:
+        "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
+    threads: 1
+    script:
+        "../scripts/aggregate.py"
