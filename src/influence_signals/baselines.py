@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from scipy.special import log_softmax
 
-from .influence import FactorStore
+from .factors import FactorStore
 
 
 def final_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -11,9 +11,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-
 from .datasets import DataError, DataSet
 
 GLITCHES = ("uniform", "class_dependent", "single_class", "near_ca", "far_ca", "outlier", "none")
@@ -121,6 +118,9 @@ def near_clustered_anomalies(train: DataSet, ratio: float, rng: np.random.Genera
 
 def convert_images(images: np.ndarray, channels: int, height: int, width: int) -> np.ndarray:
     """Resize (bilinear, antialiased) and convert grey <-> RGB so a source set matches the target's shape."""
+    import torch  # imported here: only far-CA needs it, and every other data job starts faster without it
+    import torch.nn.functional as F
+
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     if tensor.shape[1] != channels:
         if tensor.shape[1] == 1:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import ArtifactError, atomic_path, load_npz, save_npz
+from .factors import ARRAYS, FactorMeta, FactorStore
 from .datasets import DataSet
 from .models import AdaptedModel
 from .training import load_checkpoint, resolve_device
 
 WEIGHTINGS = ("lr", "lr_over_batch")
-ARRAYS = ("train_logits", "train_features", "val_logits", "val_features")
 
 
 def checkpoint_weight(learning_rate: float, weighting: str, batch_size: int) -> float:
@@ -54,18 +53,6 @@ def logits_and_features(model: AdaptedModel, data: DataSet, device: torch.device
         hook.remove()
     features = torch.cat([c.float().cpu().reshape(c.shape[0], -1) for c in captured])
     return torch.cat(logits).numpy(), features.numpy()
-
-
-@dataclass(frozen=True)
-class FactorMeta:
-    n_train: int
-    n_val: int
-    n_classes: int
-    dim: int
-    weights: list[float]
-    epochs: list[int]
-    checkpoints: list[str]
-    weighting: str
 
 
 def compute_factors(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet, out_dir: str | Path,
@@ -97,47 +84,6 @@ def compute_factors(model: AdaptedModel, checkpoints: Sequence[Path], train: Dat
         (tmp / "meta.json").write_text(json.dumps(meta.__dict__, indent=2))
         del arrays
     return meta
-
-
-def _npy_offset(path: Path) -> tuple[int, tuple[int, ...]]:
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = reader(handle)
-        if fortran or dtype != np.float32:
-            raise ArtifactError(f"{path}: expected a C-ordered float32 array")
-        return handle.tell(), shape
-
-
-class FactorStore:
-    """Read access to a factor folder; rows are read from disk on demand so memory stays O(block)."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        try:
-            self.meta = FactorMeta(**json.loads((self.folder / "meta.json").read_text()))
-            self.y_train = np.load(self.folder / "y_train.npy")
-            self.y_val = np.load(self.folder / "y_val.npy")
-            self._layout = {name: _npy_offset(self.folder / f"{name}.npy") for name in ARRAYS}
-        except (FileNotFoundError, json.JSONDecodeError, TypeError, ValueError) as err:
-            raise ArtifactError(f"{self.folder} is not a complete influence-factor folder: {err}") from err
-
-    @property
-    def n_checkpoints(self) -> int:
-        return len(self.meta.weights)
-
-    def read(self, name: str, t: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows [start, stop) of array ``name`` at checkpoint ``t``, read with one seek (no memory map)."""
-        offset, shape = self._layout[name]
-        stop = shape[1] if stop is None else min(stop, shape[1])
-        row_floats = int(np.prod(shape[2:]))
-        with open(self.folder / f"{name}.npy", "rb") as handle:
-            handle.seek(offset + 4 * row_floats * (t * shape[1] + start))
-            data = np.fromfile(handle, dtype=np.float32, count=row_floats * (stop - start))
-        return data.reshape(stop - start, *shape[2:])
-
-    def all(self, name: str) -> np.ndarray:
-        return np.stack([self.read(name, t) for t in range(self.n_checkpoints)])
 
 
 def error_vectors(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

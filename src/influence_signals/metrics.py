@@ -31,7 +31,8 @@ def detection(scores: np.ndarray, glitched: np.ndarray) -> dict[str, float]:
     flagged[ranking(scores)[:k]] = True
     hits = int((flagged & glitched).sum())
     precision = recall = hits / k
-    clean = np.nan_to_num(scores, nan=-np.inf, neginf=np.finfo(np.float64).min, posinf=np.finfo(np.float64).max)
+    finite = np.finfo(np.float64)
+    clean = np.nan_to_num(np.where(np.isnan(scores), -np.inf, scores), neginf=finite.min, posinf=finite.max)
     return {"k": k, "f1": 2 * precision * recall / (precision + recall) if hits else 0.0,
             "precision_at_k": precision, "recall_at_k": recall,
             "ap": float(average_precision_score(glitched, clean)), "auroc": float(roc_auc_score(glitched, clean))}

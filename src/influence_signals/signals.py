@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from .influence import FactorStore
+from .factors import FactorStore
 
 # The signals that exist per checkpoint as well as in total, in this order in per-epoch arrays.
 BASE_SIGNALS = ("si", "mi", "aai", "gd_class", "sign_aware", "class_sign_aware", "harm_other_classes")

@@ -8,6 +8,7 @@ never stopped.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -84,7 +85,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> float:
         return float(payload["learning_rate"])
     except FileNotFoundError as err:
         raise ArtifactError(f"missing checkpoint {path}") from err
-    except (RuntimeError, KeyError, EOFError, TypeError, ValueError, OSError) as err:
+    except (RuntimeError, KeyError, EOFError, TypeError, ValueError, OSError, pickle.UnpicklingError) as err:
         raise ArtifactError(f"corrupt or mismatched checkpoint {path}: {err}") from err
 
 

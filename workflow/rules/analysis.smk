@@ -20,6 +20,8 @@ rule signals:
     benchmark:
         RUN.replace("results/runs", "results/benchmarks/signals") + ".tsv"
     threads: threads_for("signals")
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/signals.py"
 
@@ -42,6 +44,8 @@ rule evaluate:
     benchmark:
         RUN.replace("results/runs", "results/benchmarks/evaluate") + ".tsv"
     threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -62,5 +66,7 @@ rule aggregate:
     benchmark:
         "results/benchmarks/aggregate.tsv"
     threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/aggregate.py"

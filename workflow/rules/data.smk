@@ -19,6 +19,8 @@ rule prepare:
     benchmark:
         "results/benchmarks/prepare/{dataset}.tsv"
     threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/prepare.py"
 
@@ -47,5 +49,7 @@ rule inject:
     benchmark:
         "results/benchmarks/inject/{dataset}_{glitch}_r{ratio}_s{seed}.tsv"
     threads: 1
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/inject.py"

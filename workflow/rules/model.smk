@@ -19,6 +19,8 @@ rule pretrain:
     benchmark:
         "results/benchmarks/pretrain/{model}_{source}.tsv"
     threads: threads_for("train")
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/train.py"
 
@@ -51,6 +53,8 @@ rule train:
     benchmark:
         RUN.replace("results/runs", "results/benchmarks/train") + ".tsv"
     threads: threads_for("train")
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/train.py"
 
@@ -77,5 +81,7 @@ rule influence:
     benchmark:
         RUN.replace("results/runs", "results/benchmarks/influence") + ".tsv"
     threads: threads_for("influence")
+    conda:
+        "../../envs/pipeline.yaml"
     script:
         "../scripts/influence.py"

@@ -1,0 +1,97 @@
+"""The TracIn engine against Captum's TracInCP and against brute-force per-sample gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from influence_signals import datasets, influence, models, training
+from influence_signals.artifacts import ArtifactError
+from influence_signals.factors import FactorStore
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    data = datasets.make_tabular(n_rows=250, n_features=6, n_classes=3, seed=2)
+    train, val = datasets.prepare(data, 1.0, 0.2, 0)
+    torch.manual_seed(0)
+    model = models.build("mlp", train.x.shape[1:], 3, {"n_blocks": 1, "d_block": 12, "dropout": 0.1})
+    training.train(model, train, val, training.TrainSettings(epochs=3, lr=0.2, batch_size=32), folder / "ckpt")
+    checkpoints = training.epoch_checkpoints(folder / "ckpt")
+    influence.compute(model, checkpoints, train, val, folder / "factors", backend="captum")
+    return model, checkpoints, train, val, folder
+
+
+def brute_force_gradients(model, checkpoint, data) -> tuple[np.ndarray, float]:
+    """Per-row gradients of the loss w.r.t. the head's (weight, bias), one backward pass per row."""
+    lr = training.load_checkpoint(model, checkpoint)
+    model.eval()
+    rows = []
+    for x, y in zip(data.x, data.y):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(x[None])), torch.tensor([y]))
+        loss.backward()
+        rows.append(torch.cat([model.head.weight.grad.flatten(), model.head.bias.grad]).numpy().copy())
+    return np.stack(rows), lr
+
+
+def test_engine_equals_brute_force(run):
+    model, checkpoints, train, val, folder = run
+    expected = np.zeros((len(train.y), len(val.y)))
+    expected_self = np.zeros(len(train.y))
+    for checkpoint in checkpoints:
+        g_train, lr = brute_force_gradients(model, checkpoint, train)
+        g_val, _ = brute_force_gradients(model, checkpoint, val)
+        expected += lr * g_train @ g_val.T
+        expected_self += lr * (g_train**2).sum(1)
+    engine = influence.TracInEngine(FactorStore(folder / "factors"))
+    np.testing.assert_allclose(engine.matrix().numpy(), expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    np.testing.assert_allclose(engine.self_influence().sum(0).numpy(), expected_self, rtol=1e-4)
+
+
+def test_engine_equals_captum_tracincp(run):
+    *_, folder = run
+    engine = influence.TracInEngine(FactorStore(folder / "factors"))
+    captum = influence.open_influence(folder / "factors")
+    assert isinstance(captum, influence.DenseInfluence)
+    ours, theirs = engine.matrix(per_checkpoint=True).numpy(), captum.per_checkpoint.numpy()
+    assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+    ours_self, theirs_self = engine.self_influence().numpy(), captum.self_influence().numpy()
+    assert np.abs(ours_self - theirs_self).max() <= 1e-5 * np.abs(theirs_self).max()
+
+
+def test_blocks_tile_the_matrix_whatever_the_block_size(run):
+    *_, folder = run
+    engine = influence.TracInEngine(FactorStore(folder / "factors"))
+    full = engine.matrix(per_checkpoint=True)
+    tiled = torch.zeros_like(full)
+    for rows, cols, block in engine.blocks(row_block=7, col_block=5):
+        tiled[:, rows, cols] = block
+    torch.testing.assert_close(tiled, full)
+
+
+def test_lr_over_batch_scales_by_batch_size(run, tmp_path):
+    model, checkpoints, train, val, folder = run
+    influence.compute_factors(model, checkpoints, train, val, tmp_path / "f", weighting="lr_over_batch", batch_size=32)
+    scaled = influence.TracInEngine(FactorStore(tmp_path / "f")).matrix()
+    plain = influence.TracInEngine(FactorStore(folder / "factors")).matrix()
+    torch.testing.assert_close(scaled * 32, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_factor_store_reads_rows_without_loading_everything(run):
+    *_, folder = run
+    store = FactorStore(folder / "factors")
+    whole = np.load(folder / "factors" / "train_features.npy")
+    np.testing.assert_array_equal(store.read("train_features", 1, 10, 20), whole[1, 10:20])
+    assert store.meta.weights == [0.2, 0.2, 0.2] and store.meta.epochs == [1, 2, 3]
+
+
+def test_broken_artifacts_are_named(tmp_path, run):
+    with pytest.raises(ArtifactError, match="not a complete influence-factor folder"):
+        FactorStore(tmp_path)
+    model, *_ = run
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ArtifactError, match="bad.pt"):
+        training.load_checkpoint(model, bad)

@@ -1,0 +1,70 @@
+"""Detection metrics on hand-worked rankings."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from influence_signals import baselines, metrics
+
+
+def test_f1_flags_exactly_k_with_ties_to_lower_rows():
+    scores = np.array([0.9, 0.5, 0.5, 0.1, 0.5])
+    glitched = np.array([True, False, True, False, False])  # k = 2
+    result = metrics.detection(scores, glitched)
+    # top 2: row 0, then the tie 1/2/4 goes to row 1 -> one hit of two
+    assert result["k"] == 2 and result["f1"] == pytest.approx(0.5)
+    assert result["precision_at_k"] == result["recall_at_k"] == pytest.approx(0.5)
+    np.testing.assert_array_equal(metrics.ranking(scores), [0, 1, 2, 4, 3])
+
+
+def test_perfect_and_worst_rankings():
+    glitched = np.array([False, True, True, False])
+    perfect = metrics.detection(np.array([0.0, 2.0, 1.0, 0.5]), glitched)
+    assert perfect["f1"] == perfect["ap"] == perfect["auroc"] == 1.0
+    worst = metrics.detection(np.array([3.0, 0.0, 1.0, 2.0]), glitched)
+    assert worst["f1"] == 0.0 and worst["auroc"] == 0.0
+
+
+def test_average_precision_by_hand():
+    # ranking: G, C, G -> precision at hits 1/1 and 2/3 -> AP = (1 + 2/3) / 2
+    result = metrics.detection(np.array([3.0, 2.0, 1.0]), np.array([True, False, True]))
+    assert result["ap"] == pytest.approx((1 + 2 / 3) / 2)
+    assert result["auroc"] == pytest.approx(0.5)
+
+
+def test_nan_scores_rank_last():
+    result = metrics.detection(np.array([np.nan, 1.0, 0.0]), np.array([False, True, False]))
+    assert result["f1"] == 1.0
+
+
+def test_found_vs_inspected():
+    scores = np.arange(10, dtype=float)[::-1]  # row 0 first
+    glitched = np.zeros(10, bool)
+    glitched[[0, 5]] = True
+    curve = metrics.found_vs_inspected(scores, glitched, (0.1, 0.5, 0.6, 1.0))
+    np.testing.assert_allclose(curve["found"], [0.5, 0.5, 1.0, 1.0])
+
+
+def test_summarise_over_seeds():
+    frame = pd.DataFrame({"signal": ["si", "si", "mi"], "seed": [0, 1, 0], "f1": [0.2, 0.4, 0.1],
+                          "ap": [0.1, 0.1, 0.1], "auroc": [0.5, 0.7, 0.6]})
+    summary = metrics.summarise(frame, ["signal"]).set_index("signal")
+    assert summary.loc["si", "f1_mean"] == pytest.approx(0.3)
+    assert summary.loc["si", "f1_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert summary.loc["si", "n_seeds"] == 2
+
+
+def test_accuracy_table():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    errors = pd.DataFrame({"row": [0, 1, 2], "observed_label": [0, 0, 0], "glitched": [True, True, False]})
+    assert metrics.accuracy_table(logits, errors) == {"accuracy_glitched": 0.5, "accuracy_clean_train": 1.0}
+
+
+def test_baselines_by_hand():
+    logits = np.array([[[2.0, 0.0, 1.0], [0.0, 3.0, 0.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 2.0]]])  # (T=2, n=2, k=3)
+    labels = np.array([0, 1])
+    # margins: row 0: (2 - 1), (1 - 1) -> mean 0.5; row 1: (3 - 0), (0 - 2) -> mean 0.5
+    np.testing.assert_allclose(baselines.area_under_margin(logits, labels), [-0.5, -0.5])
+    expected = -np.log(np.exp(1.0) / (2 * np.exp(1.0) + 1))
+    assert baselines.final_loss(logits[1], labels)[0] == pytest.approx(expected)

@@ -1,0 +1,117 @@
+"""The whole workflow through Snakemake on a tiny grid, in a temporary folder."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "data_dir": "data", "download": False, "device": "cpu", "threads": {"train": 1},
+    "prepare": {"fraction": 1.0, "val_fraction": 0.2, "seed": 0},
+    "datasets": {"digits": {}, "shapes": {}, "synth_tabular": {"n_rows": 500, "n_classes": 3}},
+    "glitch_options": {"far_ca": {"labels": "single", "sources": {"digits": "shapes"}}},
+    "pretrain": {"resnet20": {"source": "shapes", "epochs": 1, "lr": 0.1, "batch_size": 64}},
+    "train": {
+        "defaults": {"epochs": 2, "lr": 0.1, "batch_size": 64},
+        "models": {"resnet20": {"pretrained": "pipeline", "trainable": ["layer3"]},
+                   "mlp": {"epochs": 3, "options": {"n_blocks": 1, "d_block": 32}}},
+    },
+    "influence": {"backend": "factors", "weighting": "lr", "batch_size": 256, "write_matrix": False},
+    "signals": {"row_block": 512, "col_block": 512, "k_neighbours": 5, "baselines": True},
+    "grid": [
+        {"datasets": ["digits"], "models": ["resnet20"], "glitches": ["far_ca"], "ratios": [10], "seeds": [0]},
+        {"datasets": ["synth_tabular"], "models": ["mlp"], "glitches": ["uniform"], "ratios": [10], "seeds": [0, 1]},
+    ],
+}
+
+
+def snakemake(folder: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(folder), *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=folder)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+    return result
+
+
+def planned(folder: Path) -> dict[str, int]:
+    """Rule -> job count from a dry run's job-stats table (empty when there is nothing to do)."""
+    output = snakemake(folder, "-n").stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
+    counts.pop("total", None)
+    return {rule: int(n) for rule, n in counts.items()}
+
+
+def write_config(folder: Path, config: dict) -> None:
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pipeline")
+    write_config(folder, TINY)
+    assert planned(folder) == {"prepare": 3, "inject": 3, "pretrain": 1, "train": 3, "influence": 3,
+                               "signals": 3, "evaluate": 3, "aggregate": 1, "all": 1}
+    snakemake(folder, "--cores", "2")
+    return folder
+
+
+@pytest.mark.pipeline
+def test_every_stage_writes_sane_outputs(finished):
+    run = finished / "results/runs/synth_tabular/mlp/uniform/r10/s0"
+    errors = pd.read_csv(finished / "results/data/synth_tabular/uniform/r10/s0/errors.csv")
+    assert errors["glitched"].sum() == 40  # 10 % of 400 training rows
+    assert len(list((run / "checkpoints").glob("*.pt"))) == 3
+    assert pd.read_csv(run / "history.csv")["val_accuracy"].iloc[-1] > 0.5
+    scores = pd.read_csv(run / "scores.csv")
+    assert len(scores) == 400 and {"si", "mi", "aai", "gd_class", "aum"} <= set(scores.columns)
+    assert np.isfinite(scores.drop(columns="row").to_numpy()).all()
+    metrics = pd.read_csv(run / "metrics.csv").set_index("signal")
+    assert metrics["f1"].between(0, 1).all() and metrics.loc["si", "f1"] > 0.25  # chance is 0.1
+    summary = pd.read_csv(finished / "results/summary.csv")
+    assert set(summary["dataset"]) == {"digits", "synth_tabular"}
+    assert (summary.query("dataset == 'synth_tabular'")["n_seeds"] == 2).all()
+    assert (finished / "results/summary.pdf").read_bytes().startswith(b"%PDF")
+    assert (finished / "results/logs/train/synth_tabular/mlp/uniform/r10/s0.log").read_text().count("epoch") >= 3
+    assert (finished / "results/benchmarks/signals/synth_tabular/mlp/uniform/r10/s0.tsv").exists()
+
+
+@pytest.mark.pipeline
+def test_nothing_to_do_after_a_full_run(finished):
+    assert planned(finished) == {}
+
+
+@pytest.mark.pipeline
+def test_changed_stage_parameter_reruns_only_that_stage_and_what_follows(finished):
+    changed = yaml.safe_load((finished / "config.yaml").read_text())
+    changed["signals"]["k_neighbours"] = 3
+    write_config(finished, changed)
+    try:
+        assert planned(finished) == {"signals": 3, "evaluate": 3, "aggregate": 1, "all": 1}
+        changed["train"]["models"]["mlp"]["lr"] = 0.05
+        write_config(finished, changed)
+        assert planned(finished) == {"train": 2, "influence": 2, "signals": 3, "evaluate": 3, "aggregate": 1, "all": 1}
+    finally:
+        write_config(finished, TINY)
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("key,value,message", [
+    ("grid", [{**TINY["grid"][0], "ratios": [60]}], "ratios"),
+    ("grid", [{**TINY["grid"][0], "seeds": ["one"]}], "seeds"),
+    ("grid", [{**TINY["grid"][0], "datasets": ["imagenet"]}], "imagenet"),
+    ("datasets", {"digits": {}, "mnistt": {}}, "mnistt"),
+])
+def test_bad_config_stops_before_any_job(tmp_path, key, value, message):
+    write_config(tmp_path, {**TINY, key: value})
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
