@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
@@ -22,3 +23,5 @@ rule all:
     input:
         "results/summary.csv",
         "results/summary.pdf",
+        expand("results/{figure}.pdf", figure=FIGURES),
+        expand("results/{table}.{ext}", table=TABLES, ext=("csv", "md")),

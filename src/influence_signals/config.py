@@ -12,7 +12,7 @@ from typing import Any
 
 from .datasets import LOADERS, DataError
 from .glitches import GLITCHES, GlitchError
-from .models import MODELS, spec
+from .models import MODELS
 
 
 @dataclass(frozen=True, order=True)
@@ -37,6 +37,26 @@ def expand_grid(blocks: list[Mapping[str, Any]]) -> list[Job]:
     return sorted(jobs)
 
 
+def grid_blocks(config: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every grid block of the config with its location: the main grid, then each figure's and table's."""
+    for index, block in enumerate(config.get("grid", [])):
+        yield f"grid[{index}]", block
+    for section in ("figures", "tables"):
+        for name, target in (config.get(section) or {}).items():
+            for index, block in enumerate(target["grid"]):
+                yield f"{section}.{name}.grid[{index}]", block
+
+
+def all_jobs(config: Mapping[str, Any]) -> list[Job]:
+    """Every job the config names: the main grid and the grids of all figures and tables."""
+    return expand_grid([block for _, block in grid_blocks(config)])
+
+
+def target_jobs(config: Mapping[str, Any], section: str, name: str) -> list[Job]:
+    """The jobs one figure or table needs, and no others."""
+    return expand_grid(config[section][name]["grid"])
+
+
 def check(config: Mapping[str, Any]) -> None:
     """Semantic checks the JSON schema cannot express; errors name the offending key."""
     datasets = config.get("datasets", {})
@@ -44,8 +64,8 @@ def check(config: Mapping[str, Any]) -> None:
         loader = (options or {}).get("loader", name)
         if loader not in LOADERS and loader != "table":
             raise DataError(f"config datasets.{name}: unknown data set {loader!r}; known: {sorted(LOADERS)} or loader `table`")
-    for index, block in enumerate(config.get("grid", [])):
-        where = f"config grid[{index}]"
+    for location, block in grid_blocks(config):
+        where = f"config {location}"
         for name in block["datasets"]:
             if name not in datasets:
                 raise DataError(f"{where}.datasets: {name!r} is not declared under `datasets`")
@@ -58,6 +78,8 @@ def check(config: Mapping[str, Any]) -> None:
         for ratio in block["ratios"]:
             if not 0 < ratio <= 50:
                 raise GlitchError(f"{where}.ratios: {ratio} % is outside (0, 50]")
+    if not all_jobs(config):
+        raise ValueError("config: no jobs; give a `grid` or a figure with a grid")
 
 
 def merged(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -107,12 +129,3 @@ def far_ca_source(config: Mapping[str, Any], dataset: str) -> str:
     if dataset not in sources:
         raise ValueError(f"config glitch_options.far_ca.sources: no far-CA source data set for {dataset!r}")
     return str(sources[dataset])
-
-
-def is_image_model(model: str) -> bool:
-    return spec(model).modality == "image"
-
-
-def iter_wildcard_values(jobs: list[Job]) -> Iterator[tuple[str, set[str]]]:
-    for field in ("dataset", "model", "glitch"):
-        yield field, {getattr(j, field) for j in jobs}

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .artifacts import ArtifactError, atomic_path, load_npz, save_npz
 from .factors import ARRAYS, FactorMeta, FactorStore
@@ -86,23 +85,13 @@ def compute_factors(model: AdaptedModel, checkpoints: Sequence[Path], train: Dat
     return meta
 
 
-def error_vectors(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(logits, dim=-1) - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
-
-
-def with_bias(features: torch.Tensor) -> torch.Tensor:
-    return torch.cat([features, torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)], -1)
-
-
 class TracInEngine:
     """Blockwise TracIn from a ``FactorStore``: validation factors stay resident, training rows stream."""
 
     def __init__(self, store: FactorStore, device: str = "cpu") -> None:
         self.store, self.device = store, resolve_device(device)
         self.weights = torch.tensor(store.meta.weights, dtype=torch.float32, device=self.device)
-        y_val = torch.from_numpy(store.y_val).to(self.device)
-        self.val_errors = torch.stack([error_vectors(self._tensor("val_logits", t), y_val) for t in range(self.n_checkpoints)])
-        self.val_features = torch.stack([with_bias(self._tensor("val_features", t)) for t in range(self.n_checkpoints)])
+        self.val_errors, self.val_features = self._factors("val", store.y_val, 0, store.meta.n_val)
 
     @property
     def n_checkpoints(self) -> int:
@@ -119,13 +108,26 @@ class TracInEngine:
     def _tensor(self, name: str, t: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
         return torch.from_numpy(self.store.read(name, t, start, stop)).to(self.device)
 
+    def _factors(self, split: str, labels: np.ndarray, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Error vectors (T, b, k) and bias-augmented features (T, b, d + 1) of rows [start, stop) of a split.
+
+        Filled checkpoint by checkpoint into preallocated tensors: no per-checkpoint copies to stack.
+        """
+        meta, rows = self.store.meta, stop - start
+        target = torch.from_numpy(labels[start:stop]).to(self.device)
+        errors = torch.empty((self.n_checkpoints, rows, meta.n_classes), device=self.device)
+        features = torch.empty((self.n_checkpoints, rows, meta.dim + 1), device=self.device)
+        features[..., -1] = 1.0
+        for t in range(self.n_checkpoints):
+            errors[t] = torch.softmax(self._tensor(f"{split}_logits", t, start, stop), dim=-1)
+            errors[t, torch.arange(rows, device=self.device), target] -= 1.0
+            features[t, :, :-1] = self._tensor(f"{split}_features", t, start, stop)
+        return errors, features
+
     def train_factors(self, start: int, stop: int, weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Error vectors (T, b, k), times w_t if ``weighted``, and bias-augmented features (T, b, d + 1)."""
-        labels = torch.from_numpy(self.store.y_train[start:stop]).to(self.device)
-        errors = torch.stack([error_vectors(self._tensor("train_logits", t, start, stop), labels)
-                              for t in range(self.n_checkpoints)])
-        features = torch.stack([with_bias(self._tensor("train_features", t, start, stop)) for t in range(self.n_checkpoints)])
-        return (errors * self.weights[:, None, None] if weighted else errors), features
+        errors, features = self._factors("train", self.store.y_train, start, stop)
+        return (errors.mul_(self.weights[:, None, None]) if weighted else errors), features
 
     def block(self, train_factors: tuple[torch.Tensor, torch.Tensor], start: int, stop: int) -> torch.Tensor:
         """Per-checkpoint influence (T, b, c) of the given train rows on validation rows [start, stop)."""
@@ -133,7 +135,7 @@ class TracInEngine:
         out = torch.bmm(features, self.val_features[:, start:stop].transpose(1, 2))
         return out.mul_(torch.bmm(errors, self.val_errors[:, start:stop].transpose(1, 2)))
 
-    def blocks(self, row_block: int = 2048, col_block: int = 2048
+    def blocks(self, row_block: int = 1024, col_block: int = 1024
                ) -> Iterator[tuple[slice, slice, torch.Tensor]]:
         """Every (train rows, validation rows, per-checkpoint influence block) tile of the matrix."""
         for start in range(0, self.n_train, row_block):
@@ -172,7 +174,7 @@ class DenseInfluence:
         self._self = torch.from_numpy(self_influence).float().to(self.device)
         self.n_checkpoints, self.n_train, self.n_val = self.per_checkpoint.shape
 
-    def blocks(self, row_block: int = 2048, col_block: int = 2048) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+    def blocks(self, row_block: int = 1024, col_block: int = 1024) -> Iterator[tuple[slice, slice, torch.Tensor]]:
         for start in range(0, self.n_train, row_block):
             for col in range(0, self.n_val, col_block):
                 rows, cols = slice(start, start + row_block), slice(col, col + col_block)

@@ -34,8 +34,8 @@ class InfluenceSource(Protocol):
     def self_influence(self) -> torch.Tensor: ...
 
 
-def accumulate_class_masses(source: InfluenceSource, y_val: np.ndarray, n_classes: int, row_block: int = 2048,
-                            col_block: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def accumulate_class_masses(source: InfluenceSource, y_val: np.ndarray, n_classes: int, row_block: int = 1024,
+                            col_block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass over all tiles: positive / negative influence mass per (row, validation class).
 
     Returns P, N of the summed influence (n, C) and P_t, N_t per checkpoint (T, n, C).
@@ -49,12 +49,14 @@ def accumulate_class_masses(source: InfluenceSource, y_val: np.ndarray, n_classe
     for rows, cols, block in source.blocks(row_block, col_block):
         classes = onehot[cols]
         total = block.sum(0)
-        positive = total.clamp(min=0)
-        pos[rows] += positive @ classes
-        neg[rows] += (total - positive) @ classes
-        positive_t = block.clamp(min=0)
-        pos_t[:, rows] += positive_t @ classes
-        neg_t[:, rows] += (block - positive_t) @ classes
+        linear = total @ classes
+        positive = total.clamp_(min=0) @ classes
+        pos[rows] += positive
+        neg[rows] += linear - positive
+        linear_t = block @ classes
+        positive_t = block.clamp(min=0) @ classes
+        pos_t[:, rows] += positive_t
+        neg_t[:, rows] += linear_t - positive_t
     return pos, neg, pos_t, neg_t
 
 
@@ -110,7 +112,7 @@ def representation_signals(store: FactorStore, k_neighbours: int = 5) -> dict[st
     return {"knn_distance": distances.mean(1), "grad_norm": grad_norm}
 
 
-def compute(source: InfluenceSource, store: FactorStore, row_block: int = 2048, col_block: int = 2048,
+def compute(source: InfluenceSource, store: FactorStore, row_block: int = 1024, col_block: int = 1024,
             k_neighbours: int = 5) -> tuple[pd.DataFrame, np.ndarray]:
     """All influence signals per training row, and the per-checkpoint ones as an array (T, n, S).
 

@@ -145,6 +145,7 @@ def evaluate(scores: str, errors: str, per_epoch: str, factors: str, val_set: st
 
 
 def _with_job(paths: Sequence[str], keys: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Concatenate per-job tables, each tagged with its job's wildcards."""
     frames = [pd.read_csv(path).assign(**key) for path, key in zip(paths, keys)]
     return pd.concat(frames, ignore_index=True)
 
@@ -163,6 +164,23 @@ def aggregate(metric_files: Sequence[str], accuracy_files: Sequence[str], jobs: 
     accuracy_table = metrics.summarise(accuracy, JOB_KEYS, [c for c in accuracy.columns if c.startswith("accuracy")])
     write_csv(accuracy_summary, accuracy_table)
     plots.overview(table, figure)
+
+
+def figure(metric_files: Sequence[str], jobs: Sequence[Mapping[str, Any]], kind: str, signals: Sequence[str],
+           title: str, figure_out: str) -> None:
+    """One of the study's figures from its jobs' metrics (``epoch_metrics.csv`` files for kind ``epochs``)."""
+    from . import plots
+
+    if kind not in plots.KINDS:
+        raise ValueError(f"unknown figure kind {kind!r}; known: {plots.KINDS}")
+    getattr(plots, kind)(_with_job(metric_files, jobs), figure_out, signals, title)
+
+
+def table(accuracy_files: Sequence[str], jobs: Sequence[Mapping[str, Any]], table_csv: str, table_md: str) -> None:
+    """Table 1: accuracy on the clustered anomalies and on clean data."""
+    from . import plots
+
+    plots.accuracy_table(_with_job(accuracy_files, jobs), table_csv, table_md)
 
 
 def configure_logging(path: str | None) -> None:

@@ -8,7 +8,9 @@ from influence_signals.glitches import GLITCHES
 from influence_signals.models import MODELS
 
 cfg.check(config)
-JOBS = cfg.expand_grid(config["grid"])
+JOBS = cfg.all_jobs(config)
+FIGURES = sorted(config.get("figures") or {})
+TABLES = sorted(config.get("tables") or {})
 PACKAGE = Path(workflow.basedir) / "src" / "influence_signals"
 DATA = "results/data/{dataset}"
 GLITCHED = DATA + "/{glitch}/r{ratio}/s{seed}"
@@ -16,6 +18,7 @@ RUN = "results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}"
 
 
 def alternatives(names):
+    """A regex matching exactly these names, so that no path parses two ways."""
     return "|".join(re.escape(str(n)) for n in sorted(names))
 
 
@@ -26,6 +29,8 @@ wildcard_constraints:
     glitch=alternatives(GLITCHES),
     ratio=r"\d+",
     seed=r"\d+",
+    figure=alternatives(FIGURES) or "no-figures",
+    table=alternatives(TABLES) or "no-tables",
 
 
 def code(*modules):
