@@ -84,9 +84,15 @@ def _load_pretrained(net: AdaptedModel, model: str, pretrained: str | None, path
         source = str(training.epoch_checkpoints(path)[-1])
     else:
         source = pretrained
-    payload = torch.load(source, map_location="cpu", weights_only=True)
-    state = payload["model_state_dict"]
-    models.load_backbone(net, {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}, str(source))
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{model}: pre-trained weights {source} not found") from err
+    if "model_state_dict" in payload:  # a checkpoint of this pipeline
+        state = {k.removeprefix("net."): v for k, v in payload["model_state_dict"].items() if k.startswith("net.")}
+    else:  # a plain state dict of the network, e.g. published CIFAR ResNet-20 weights
+        state = payload
+    models.load_backbone(net, state, str(source))
 
 
 def train(train_set: str, val_set: str, model: str, settings: Mapping[str, Any], seed: int, download: bool,
