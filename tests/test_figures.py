@@ -29,7 +29,7 @@ def dry_run(*args: str) -> dict[str, int]:
 def test_a_figure_target_plans_only_its_own_jobs(tmp_path):
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     jobs = cfg.target_jobs(config, "figures", "fig4b")
-    counts = dry_run("-d", str(tmp_path), "--configfile", str(ROOT / "config.yaml"), "results/fig4b.pdf")
+    counts = dry_run("results/fig4b.pdf", "-d", str(tmp_path), "--configfile", str(ROOT / "config.yaml"))
     assert counts == {"prepare": 1, "inject": len(jobs), "train": len(jobs), "influence": len(jobs),
                       "signals": len(jobs), "evaluate": len(jobs), "figure": 1}
 
