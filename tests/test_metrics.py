@@ -46,6 +46,15 @@ def test_found_vs_inspected():
     np.testing.assert_allclose(curve["found"], [0.5, 0.5, 1.0, 1.0])
 
 
+def test_curves_cover_every_signal():
+    scores = pd.DataFrame({"row": [0, 1, 2, 3], "a": [4.0, 3, 2, 1], "b": [1.0, 2, 3, 4]})
+    errors = pd.DataFrame({"row": [0, 1, 2, 3], "glitched": [True, False, False, False]})
+    curve = metrics.curves(scores, errors)
+    first = curve[curve["inspected"] == 0.01].set_index("signal")["found"]  # top row only
+    last = curve[curve["inspected"] == 0.5].set_index("signal")["found"]  # top two rows
+    assert first["a"] == 1.0 and first["b"] == 0.0 and last["b"] == 0.0
+
+
 def test_summarise_over_seeds():
     frame = pd.DataFrame({"signal": ["si", "si", "mi"], "seed": [0, 1, 0], "f1": [0.2, 0.4, 0.1],
                           "ap": [0.1, 0.1, 0.1], "auroc": [0.5, 0.7, 0.6]})

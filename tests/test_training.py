@@ -54,6 +54,21 @@ def test_foundation_models_build_and_adapt_inputs(name, head):
     assert trained == [f"{head}.weight", f"{head}.bias"]
 
 
+@pytest.mark.parametrize("name,trainable", [("convnext_tiny", ["classifier.2"]), ("vit_b_16", ["heads"])])
+def test_foundation_models_fine_tune_their_head(tmp_path, tiny_images, name, trainable):
+    train, val = (data.subset(np.arange(16)) for data in tiny_images)
+    torch.manual_seed(0)
+    model = models.build(name, train.x.shape[1:], 10, {"resolution": 32})
+    frozen = {k: v.clone() for k, v in model.net.state_dict().items() if not k.startswith(trainable[0])}
+    history = training.train(model, train, val, training.TrainSettings(epochs=2, lr=0.05, batch_size=8,
+                                                                      trainable=trainable), tmp_path)
+    assert list(history["epoch"]) == [1, 2] and np.isfinite(history["train_loss"]).all()
+    for key, value in frozen.items():
+        if value.dtype.is_floating_point and "running" not in key:
+            torch.testing.assert_close(model.net.state_dict()[key], value)
+    assert len(training.epoch_checkpoints(tmp_path)) == 2
+
+
 def test_fine_tuning_trains_only_the_chosen_layers(tmp_path, tiny_images):
     train, val = tiny_images
     torch.manual_seed(0)

@@ -58,6 +58,15 @@ def evaluate(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def curves(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
+    """The found-versus-inspected curve of every signal, in long form (signal, inspected, found)."""
+    glitched = errors.sort_values("row")["glitched"].to_numpy(dtype=bool)
+    scores = scores.sort_values("row")
+    frames = [found_vs_inspected(scores[name].to_numpy(dtype=np.float64), glitched).assign(signal=name)
+              for name in scores.columns if name != "row"]
+    return pd.concat(frames, ignore_index=True)[["signal", "inspected", "found"]]
+
+
 def per_epoch_f1(per_epoch: np.ndarray, names: Sequence[str], glitched: np.ndarray, epochs: Sequence[int]) -> pd.DataFrame:
     """F1 at k of each signal computed from a single checkpoint's influence; ``per_epoch`` is (T, n, S)."""
     rows = [{"epoch": epochs[t], "signal": name, "f1": detection(per_epoch[t, :, s].astype(np.float64), glitched)["f1"]}

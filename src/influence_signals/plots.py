@@ -56,32 +56,30 @@ def bars(metrics: pd.DataFrame, path: str, signals: Sequence[str], title: str = 
     save_figure(grid.figure, path)
 
 
-def ratios(metrics: pd.DataFrame, path: str, signals: Sequence[str], title: str = "") -> None:
-    """Figure 4: F1 against the glitch ratio, one line per signal, one panel per data set / model."""
-    data = _labelled(metrics, signals)
-    data["setting"] = data["dataset"] + " / " + data["model"]
-    grid = sns.relplot(data=data, kind="line", x="ratio", y="f1", hue="Signal", hue_order=_order(signals),
-                       col="setting", marker="o", errorbar="sd", height=3.6, aspect=1.2)
-    grid.set_axis_labels("glitch ratio (%)", "F1 at the glitch ratio")
+def _lines(data: pd.DataFrame, path: str, signals: Sequence[str], title: str, x: str, xlabel: str) -> None:
+    """F1 of each signal (a line each, mean +/- sd over seeds) against ``x``, one panel per ``setting``."""
+    grid = sns.relplot(data=data, kind="line", x=x, y="f1", hue="Signal", hue_order=_order(signals),
+                       col="setting", marker="o", errorbar="sd", height=3.6, aspect=1.25)
+    grid.set_axis_labels(xlabel, "F1 at the glitch ratio")
     grid.set_titles("{col_name}")
     grid.set(ylim=(0, 1))
     if title:
         grid.figure.suptitle(title, y=1.04)
     save_figure(grid.figure, path)
+
+
+def ratios(metrics: pd.DataFrame, path: str, signals: Sequence[str], title: str = "") -> None:
+    """Figure 4: F1 against the glitch ratio, one line per signal, one panel per data set / model."""
+    data = _labelled(metrics, signals)
+    data["setting"] = data["dataset"] + " / " + data["model"]
+    _lines(data, path, signals, title, "ratio", "glitch ratio (%)")
 
 
 def epochs(epoch_metrics: pd.DataFrame, path: str, signals: Sequence[str], title: str = "") -> None:
     """Figure 5: F1 of each signal computed from one epoch's checkpoint alone, against the epoch."""
     data = _labelled(epoch_metrics, signals)
     data["setting"] = data["dataset"] + " / " + data["model"] + " / " + data["ratio"].astype(str) + " %"
-    grid = sns.relplot(data=data, kind="line", x="epoch", y="f1", hue="Signal", hue_order=_order(signals),
-                       col="setting", marker="o", errorbar="sd", height=3.6, aspect=1.3)
-    grid.set_axis_labels("epoch (single checkpoint)", "F1 at the glitch ratio")
-    grid.set_titles("{col_name}")
-    grid.set(ylim=(0, 1))
-    if title:
-        grid.figure.suptitle(title, y=1.04)
-    save_figure(grid.figure, path)
+    _lines(data, path, signals, title, "epoch", "epoch (single checkpoint)")
 
 
 def overview(summary: pd.DataFrame, path: str, signals: Sequence[str] = tuple(SIGNAL_LABELS)) -> None:

@@ -135,10 +135,12 @@ def compute_signals(factors: str, seed: int, row_block: int, col_block: int, k_n
 
 
 def evaluate(scores: str, errors: str, per_epoch: str, factors: str, val_set: str, metrics_out: str,
-             epoch_metrics: str, accuracy: str) -> None:
-    """F1 / AP / AUROC of every score; per-epoch F1; accuracy on glitched rows (the study's Table 1)."""
+             epoch_metrics: str, accuracy: str, curves: str) -> None:
+    """F1 / AP / AUROC of every score; found-vs-inspected curves; per-epoch F1; accuracy (the study's Table 1)."""
     table = pd.read_csv(errors)
-    write_csv(metrics_out, metrics.evaluate(pd.read_csv(scores), table))
+    score_table = pd.read_csv(scores)
+    write_csv(metrics_out, metrics.evaluate(score_table, table))
+    write_csv(curves, metrics.curves(score_table, table))
     arrays = load_npz(per_epoch)
     glitched = table.sort_values("row")["glitched"].to_numpy(dtype=bool)
     write_csv(epoch_metrics, metrics.per_epoch_f1(arrays["scores"], list(arrays["signals"]), glitched, list(arrays["epochs"])))

@@ -14,7 +14,7 @@ rule signals:
         k_neighbours=config["signals"]["k_neighbours"],
         use_baselines=config["signals"]["baselines"],
         device=config["device"],
-        code=code("influence", "signals", "baselines"),
+        code=code(["compute_signals"], "factors", "influence", "signals", "baselines"),
     log:
         RUN.replace("results/runs", "results/logs/signals") + ".log",
     benchmark:
@@ -37,8 +37,9 @@ rule evaluate:
         metrics_out=RUN + "/metrics.csv",
         epoch_metrics=RUN + "/epoch_metrics.csv",
         accuracy=RUN + "/accuracy.csv",
+        curves=RUN + "/curves.csv",
     params:
-        code=code("metrics", "influence"),
+        code=code(["evaluate"], "datasets", "factors", "metrics"),
     log:
         RUN.replace("results/runs", "results/logs/evaluate") + ".log",
     benchmark:
@@ -60,7 +61,7 @@ rule aggregate:
         figure=report("results/summary.pdf", caption="../report/summary.rst", category="Overview"),
     params:
         jobs=[job.wildcards for job in JOBS],
-        code=code("metrics", "plots"),
+        code=code(["aggregate", "_with_job"], "metrics", "plots"),
     log:
         "results/logs/aggregate.log",
     benchmark:

@@ -1,9 +1,11 @@
 # Shared definitions: the job grid, wildcard constraints, code fingerprints, paths.
 import hashlib
+import inspect
 import re
 from pathlib import Path
 
 from influence_signals import config as cfg
+from influence_signals import stages
 from influence_signals.glitches import GLITCHES
 from influence_signals.models import MODELS
 
@@ -15,6 +17,7 @@ PACKAGE = Path(workflow.basedir) / "src" / "influence_signals"
 DATA = "results/data/{dataset}"
 GLITCHED = DATA + "/{glitch}/r{ratio}/s{seed}"
 RUN = "results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}"
+TRAIN_CODE = ["train", "_build", "_train_settings", "_load_pretrained"]
 
 
 def alternatives(names):
@@ -33,10 +36,16 @@ wildcard_constraints:
     table=alternatives(TABLES) or "no-tables",
 
 
-def code(*modules):
-    """Fingerprint of the package modules a rule runs: Snakemake cannot see edits to imported code."""
+def code(functions, *modules):
+    """Fingerprint of the code a rule runs: Snakemake cannot see edits to imported code.
+
+    It hashes the rule's stage functions (not all of ``stages``, so editing one stage reruns that stage
+    alone and what follows) and the concept modules they call.
+    """
     digest = hashlib.sha256()
-    for module in ("stages", "artifacts", *modules):
+    for function in functions:
+        digest.update(inspect.getsource(getattr(stages, function)).encode())
+    for module in ("artifacts", *modules):
         digest.update((PACKAGE / f"{module}.py").read_bytes())
     return digest.hexdigest()[:16]
 

@@ -13,7 +13,7 @@ rule prepare:
         fraction=config["prepare"]["fraction"],
         val_fraction=config["prepare"]["val_fraction"],
         seed=config["prepare"]["seed"],
-        code=code("datasets"),
+        code=code(["prepare"], "datasets"),
     log:
         "results/logs/prepare/{dataset}.log",
     benchmark:
@@ -43,7 +43,7 @@ rule inject:
         ratio=lambda w: int(w.ratio),
         seed=lambda w: int(w.seed),
         options=lambda w: cfg.glitch_options(config, w.glitch),
-        code=code("datasets", "glitches"),
+        code=code(["inject"], "datasets", "glitches"),
     log:
         "results/logs/inject/{dataset}_{glitch}_r{ratio}_s{seed}.log",
     benchmark:

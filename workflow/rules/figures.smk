@@ -21,7 +21,7 @@ rule figure:
         signals=lambda w: figure_spec(w).get("signals", config["plot_signals"]),
         title=lambda w: figure_spec(w).get("title", ""),
         caption=lambda w: figure_spec(w).get("caption", ""),
-        code=code("metrics", "plots"),
+        code=code(["figure", "_with_job"], "metrics", "plots"),
     log:
         "results/logs/figures/{figure}.log",
     benchmark:
@@ -42,7 +42,7 @@ rule table:
     params:
         jobs=lambda w: [job.wildcards for job in cfg.target_jobs(config, "tables", w.table)],
         caption=lambda w: config["tables"][w.table].get("caption", ""),
-        code=code("metrics", "plots"),
+        code=code(["table", "_with_job"], "metrics", "plots"),
     log:
         "results/logs/tables/{table}.log",
     benchmark:

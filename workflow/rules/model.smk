@@ -13,7 +13,7 @@ rule pretrain:
         settings=lambda w: cfg.pretrain_settings(config, w.model),
         seed=config["prepare"]["seed"],
         download=config["download"],
-        code=code("datasets", "models", "training"),
+        code=code(TRAIN_CODE, "datasets", "models", "training"),
     log:
         "results/logs/pretrain/{model}_{source}.log",
     benchmark:
@@ -47,7 +47,7 @@ rule train:
         settings=lambda w: cfg.train_settings(config, w.dataset, w.model),
         seed=lambda w: int(w.seed),
         download=config["download"],
-        code=code("datasets", "models", "training"),
+        code=code(TRAIN_CODE, "datasets", "models", "training"),
     log:
         RUN.replace("results/runs", "results/logs/train") + ".log",
     benchmark:
@@ -75,7 +75,7 @@ rule influence:
         batch_size=config["influence"]["batch_size"],
         device=config["device"],
         write_matrix=config["influence"]["write_matrix"],
-        code=code("datasets", "models", "training", "influence"),
+        code=code(["compute_influence", "_build"], "datasets", "models", "training", "factors", "influence"),
     log:
         RUN.replace("results/runs", "results/logs/influence") + ".log",
     benchmark:
