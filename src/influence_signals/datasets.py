@@ -89,9 +89,10 @@ def make_shapes(n_per_class: int = 200, size: int = 16, seed: int = 0, **_: Any)
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    images, labels = [], []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
     for label, shape in enumerate(SHAPE_NAMES):
-        for _ in range(n_per_class):
+        for _copy in range(n_per_class):
             r = rng.uniform(0.22, 0.38) * size
             cy, cx = rng.uniform(r, size - r, size=2)
             dy, dx = yy - cy, xx - cx

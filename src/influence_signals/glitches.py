@@ -41,8 +41,8 @@ def _added_count(n_kept: int, ratio: float) -> int:
     return max(1, guess)
 
 
-def _table(n: int, true: np.ndarray, observed: np.ndarray, glitched: np.ndarray, kind: Sequence[str] | str,
-           origin: Sequence[str] | str, origin_index: np.ndarray) -> pd.DataFrame:
+def _table(n: int, true: np.ndarray, observed: np.ndarray, glitched: np.ndarray, kind: np.ndarray | str,
+           origin: np.ndarray | str, origin_index: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({
         "row": np.arange(n), "glitched": glitched, "glitch": kind, "true_label": true,
         "observed_label": observed, "origin": origin, "origin_index": origin_index,

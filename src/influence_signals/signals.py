@@ -10,6 +10,7 @@ class c, y_i the row's observed label, m the number of validation rows.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -24,12 +25,18 @@ BASE_SIGNALS = ("si", "mi", "aai", "gd_class", "sign_aware", "class_sign_aware",
 
 
 class InfluenceSource(Protocol):
-    n_checkpoints: int
-    n_train: int
-    n_val: int
+    """What the signals need: per-checkpoint influence tiles and self-influence (engine or Captum's)."""
 
-    def blocks(self, row_block: int = ..., col_block: int = ...):  # noqa: ANN201 - iterator of tiles
-        ...
+    @property
+    def n_checkpoints(self) -> int: ...
+
+    @property
+    def n_train(self) -> int: ...
+
+    @property
+    def n_val(self) -> int: ...
+
+    def blocks(self, row_block: int, col_block: int) -> Iterator[tuple[slice, slice, torch.Tensor]]: ...
 
     def self_influence(self) -> torch.Tensor: ...
 
@@ -128,11 +135,11 @@ def compute(source: InfluenceSource, store: FactorStore, row_block: int = 1024, 
     total = signals_from_masses(pos, neg, si_t.sum(0), y_train, len(y_val))
     per_checkpoint = signals_from_masses(pos_t, neg_t, si_t, y_train, len(y_val))
     per_epoch = np.stack([per_checkpoint[name] for name in BASE_SIGNALS], axis=-1)
-    scores = dict(total)
+    scores: dict[str, np.ndarray] = dict(total)
     scores.update({f"{name}_first": per_checkpoint[name][0] for name in BASE_SIGNALS})
     unweighted_si = si_t / np.asarray(store.meta.weights, dtype=np.float64)[:, None]
     scores["si_max"] = unweighted_si.max(0)
-    scores["si_area"] = np.trapezoid(unweighted_si, axis=0) if len(unweighted_si) > 1 else unweighted_si[0]
+    scores["si_area"] = np.asarray(np.trapezoid(unweighted_si, axis=0)) if len(unweighted_si) > 1 else unweighted_si[0]
     scores["si_slope"] = slope(unweighted_si)
     scores.update(representation_signals(store, k_neighbours))
     frame = pd.DataFrame({"row": np.arange(len(y_train)), **scores})

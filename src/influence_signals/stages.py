@@ -118,7 +118,7 @@ def compute_influence(train_set: str, val_set: str, checkpoints: str, model: str
     paths = training.epoch_checkpoints(checkpoints)
     influence.compute(net, paths, train_data, val_data, factors, backend, weighting, batch_size, device)
     if write_matrix:
-        influence.write_matrix(Path(factors) / "matrix.npz", influence.open_influence(factors, device))
+        influence.write_matrix(Path(factors) / "matrix.npz", influence.TracInEngine(FactorStore(factors), device))
 
 
 def compute_signals(factors: str, seed: int, row_block: int, col_block: int, k_neighbours: int, use_baselines: bool,
