@@ -77,3 +77,8 @@ def test_baselines_by_hand():
     np.testing.assert_allclose(baselines.area_under_margin(logits, labels), [-0.5, -0.5])
     expected = -np.log(np.exp(1.0) / (2 * np.exp(1.0) + 1))
     assert baselines.final_loss(logits[1], labels)[0] == pytest.approx(expected)
+
+
+def test_no_glitches_gives_no_score_rather_than_an_error():
+    result = metrics.detection(np.array([1.0, 2.0]), np.array([False, False]))
+    assert result["k"] == 0 and np.isnan(result["f1"]) and np.isnan(result["auroc"])
