@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from .datasets import DataError, DataSet
+from .datasets import DataSet
 
 GLITCHES = ("uniform", "class_dependent", "single_class", "near_ca", "far_ca", "outlier", "none")
 IMAGE_CORRUPTIONS = ("brightness", "stripe")
