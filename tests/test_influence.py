@@ -95,3 +95,16 @@ def test_broken_artifacts_are_named(tmp_path, run):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ArtifactError, match="bad.pt"):
         training.load_checkpoint(model, bad)
+
+
+def test_signals_agree_between_engine_and_captum_backend(run):
+    from influence_signals import signals
+
+    *_, folder = run
+    store = FactorStore(folder / "factors")
+    ours, ours_epochs = signals.compute(influence.TracInEngine(store), store, row_block=64, col_block=16)
+    theirs, theirs_epochs = signals.compute(influence.open_influence(folder / "factors"), store)
+    columns = [c for c in ours.columns if c != "row"]
+    scale = np.abs(theirs[columns].to_numpy()).max(axis=0)
+    np.testing.assert_array_less(np.abs(ours[columns].to_numpy() - theirs[columns].to_numpy()).max(axis=0), 1e-4 * scale + 1e-9)
+    np.testing.assert_allclose(ours_epochs, theirs_epochs, rtol=1e-3, atol=1e-6 * np.abs(theirs_epochs).max())
