@@ -68,5 +68,3 @@ class FactorStore:
 
     def all(self, name: str) -> np.ndarray:
         return np.stack([self.read(name, t) for t in range(self.n_checkpoints)])
-
-

@@ -47,23 +47,29 @@ def found_vs_inspected(scores: np.ndarray, glitched: np.ndarray,
     return pd.DataFrame({"inspected": fractions, "found": [found[c - 1] for c in counts]})
 
 
-def evaluate(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
-    """One row of metrics per signal (every column of ``scores`` but ``row``)."""
+def glitch_mask(errors: pd.DataFrame) -> np.ndarray:
+    """Which training rows are glitched, in row order, from an error table."""
+    return errors.sort_values("row")["glitched"].to_numpy(dtype=bool)
+
+
+def _per_signal(scores: pd.DataFrame, errors: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The glitch mask and each signal's scores (every column but ``row``), aligned by row."""
     if len(scores) != len(errors):
         raise ValueError(f"{len(scores)} scored rows but {len(errors)} rows in the error table")
-    glitched = errors.sort_values("row")["glitched"].to_numpy(dtype=bool)
     scores = scores.sort_values("row")
-    rows = [{"signal": name, **detection(scores[name].to_numpy(dtype=np.float64), glitched)}
-            for name in scores.columns if name != "row"]
-    return pd.DataFrame(rows)
+    return glitch_mask(errors), {name: scores[name].to_numpy(dtype=np.float64) for name in scores.columns if name != "row"}
+
+
+def evaluate(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
+    """One row of metrics per signal (every column of ``scores`` but ``row``)."""
+    glitched, by_signal = _per_signal(scores, errors)
+    return pd.DataFrame([{"signal": name, **detection(values, glitched)} for name, values in by_signal.items()])
 
 
 def curves(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     """The found-versus-inspected curve of every signal, in long form (signal, inspected, found)."""
-    glitched = errors.sort_values("row")["glitched"].to_numpy(dtype=bool)
-    scores = scores.sort_values("row")
-    frames = [found_vs_inspected(scores[name].to_numpy(dtype=np.float64), glitched).assign(signal=name)
-              for name in scores.columns if name != "row"]
+    glitched, by_signal = _per_signal(scores, errors)
+    frames = [found_vs_inspected(values, glitched).assign(signal=name) for name, values in by_signal.items()]
     return pd.concat(frames, ignore_index=True)[["signal", "inspected", "found"]]
 
 

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .artifacts import atomic_path, write_text  # noqa: E402
+from .artifacts import atomic_path, write_csv, write_text  # noqa: E402
+from .metrics import summarise  # noqa: E402
 
 SIGNAL_LABELS = {
     "si": "Self-Influence", "mi": "Marginal Infl.", "aai": "Avg. Abs. Infl.", "gd_class": "GD-class",
@@ -96,9 +97,6 @@ def overview(summary: pd.DataFrame, path: str, signals: Sequence[str] = tuple(SI
 
 def accuracy_table(accuracy: pd.DataFrame, csv_path: str, markdown_path: str) -> pd.DataFrame:
     """Table 1: accuracy (mean +/- sd over seeds) on the clustered-anomaly rows and on clean validation."""
-    from .artifacts import write_csv
-    from .metrics import summarise
-
     columns = ["accuracy_glitched", "accuracy_clean_train", "accuracy_validation"]
     table = summarise(accuracy, ["dataset", "model", "glitch", "ratio"], columns)
     write_csv(csv_path, table)

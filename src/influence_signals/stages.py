@@ -13,9 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -142,8 +140,8 @@ def evaluate(scores: str, errors: str, per_epoch: str, factors: str, val_set: st
     write_csv(metrics_out, metrics.evaluate(score_table, table))
     write_csv(curves, metrics.curves(score_table, table))
     arrays = load_npz(per_epoch)
-    glitched = table.sort_values("row")["glitched"].to_numpy(dtype=bool)
-    write_csv(epoch_metrics, metrics.per_epoch_f1(arrays["scores"], list(arrays["signals"]), glitched, list(arrays["epochs"])))
+    write_csv(epoch_metrics, metrics.per_epoch_f1(arrays["scores"], list(arrays["signals"]), metrics.glitch_mask(table),
+                                                  list(arrays["epochs"])))
     store = FactorStore(factors)
     last = store.n_checkpoints - 1
     val_logits = store.read("val_logits", last)
