@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from influence_signals import datasets
@@ -21,6 +20,3 @@ def images() -> datasets.DataSet:
 def shapes() -> datasets.DataSet:
     return datasets.make_shapes(n_per_class=100)
 
-
-def labels_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(before != after)

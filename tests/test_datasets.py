@@ -98,8 +98,8 @@ def test_embedded_sets():
 
 def test_prepare_is_stratified_and_standardises_on_train_only():
     data = datasets.make_tabular(n_rows=2000, n_classes=4)
-    train, val = datasets.prepare(data, 0.1, 0.2, seed=0)
-    assert len(train.y) == 160 and len(val.y) == 40
+    train, val, pool = datasets.prepare(data, 0.1, 0.2, seed=0)
+    assert len(train.y) == 160 and len(val.y) == 40 and len(pool.y) == 1800  # the pool: rows outside the subsample
     np.testing.assert_allclose(np.bincount(train.y) / 160, np.bincount(data.y) / 2000, atol=0.02)
     np.testing.assert_allclose(train.x.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(train.x.std(0), 1, atol=1e-4)

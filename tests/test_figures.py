@@ -28,9 +28,11 @@ def dry_run(*args: str) -> dict[str, int]:
 
 def test_a_figure_target_plans_only_its_own_jobs(tmp_path):
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg.validate(config)
     jobs = cfg.target_jobs(config, "figures", "fig4b")
     counts = dry_run("results/fig4b.pdf", "-d", str(tmp_path), "--configfile", str(ROOT / "config.yaml"))
-    assert counts == {"prepare": 1, "inject": len(jobs), "train": len(jobs), "influence": len(jobs),
+    splits = {cfg.split_seed(config, job.seed) for job in jobs}  # one prepared split per seed (resample_per_seed)
+    assert counts == {"prepare": len(splits), "inject": len(jobs), "train": len(jobs), "influence": len(jobs),
                       "signals": len(jobs), "evaluate": len(jobs), "figure": 1}
 
 
@@ -43,7 +45,7 @@ def test_paper_preset_plans_the_study_grid(tmp_path):
     counts = dry_run("-d", str(tmp_path), "--configfile", str(ROOT / "config/paper.yaml"))
     assert counts["train"] == len(jobs) == counts["signals"]
     assert counts["figure"] == 7 and counts["table"] == 1
-    assert counts["prepare"] == 6
+    assert counts["prepare"] == 6 * 5  # six data sets, each subsample redrawn per seed as the study does
 
 
 def fake_metrics(kind: str) -> pd.DataFrame:
@@ -58,10 +60,10 @@ def fake_metrics(kind: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("kind", plots.KINDS)
+@pytest.mark.parametrize("kind", plots.FIGURE_KINDS.names())
 def test_every_figure_kind_renders_a_pdf(tmp_path, kind):
     path = tmp_path / f"{kind}.pdf"
-    getattr(plots, kind)(fake_metrics(kind), str(path), ["si", "mi", "aai"], "title")
+    plots.FIGURE_KINDS[kind].draw(fake_metrics(kind), str(path), ["si", "mi", "aai"], "title")
     assert path.read_bytes().startswith(b"%PDF")
 
 

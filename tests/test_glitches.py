@@ -12,7 +12,7 @@ from influence_signals import datasets, glitches
 from influence_signals.glitches import GlitchError, glitch_count, inject
 
 
-@pytest.mark.parametrize("glitch", ["uniform", "class_dependent", "single_class"])
+@pytest.mark.parametrize("glitch", ["uniform", "class_pairs", "single_class"])
 @pytest.mark.parametrize("ratio", [0.01, 0.1, 0.2])
 def test_label_noise_changes_exactly_the_tabled_rows(tabular, glitch, ratio):
     noisy, table = inject(tabular, glitch, ratio, seed=3)
@@ -25,8 +25,22 @@ def test_label_noise_changes_exactly_the_tabled_rows(tabular, glitch, ratio):
     np.testing.assert_array_equal(noisy.x, tabular.x)
 
 
-def test_class_dependent_noise_follows_one_derangement(tabular):
-    noisy, table = inject(tabular, "class_dependent", 0.3, seed=5)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("ratio", [0.05, 0.1, 0.3])
+def test_class_dependent_flips_floor_ratio_of_one_class_to_one_class(tabular, seed, ratio):
+    """The study's definition: one class c_i, floor(ratio x |c_i|) of its rows, all to one other class c_j."""
+    noisy, table = inject(tabular, "class_dependent", ratio, seed=seed)
+    flipped = table[table["glitched"]]
+    assert flipped["true_label"].nunique() == 1 and flipped["observed_label"].nunique() == 1
+    source, target = int(flipped["true_label"].iloc[0]), int(flipped["observed_label"].iloc[0])
+    assert source != target
+    assert len(flipped) == int(np.floor(ratio * (tabular.y == source).sum()))
+    np.testing.assert_array_equal(np.flatnonzero(noisy.y != tabular.y), flipped["row"])
+    assert set(table.loc[table["glitched"], "glitch"]) == {"class_dependent"}
+
+
+def test_class_pairs_noise_follows_one_derangement(tabular):
+    noisy, table = inject(tabular, "class_pairs", 0.3, seed=5)
     flipped = table[table["glitched"]]
     mapping = flipped.groupby("true_label")["observed_label"].nunique()
     assert (mapping == 1).all()  # each class goes to exactly one target
@@ -91,14 +105,27 @@ def test_image_outliers_change_chosen_images_only(images):
     np.testing.assert_array_equal(corrupted.y, images.y)
 
 
-def test_brightness_and_stripe_by_hand():
+def test_brightness_by_hand():
     grey = np.array([[[[0.0, 0.5, 0.9]]]], dtype=np.float32)
     np.testing.assert_allclose(glitches.brightness(grey, 0.3), [[[[0.3, 0.8, 1.0]]]])
     rgb = np.array([[[[0.2]], [[0.4]], [[0.0]]]], dtype=np.float32)  # V = 0.4
     out = glitches.brightness(rgb, 0.2)  # V' = 0.6: every channel scaled by 1.5, hue kept
     np.testing.assert_allclose(out[:, :, 0, 0], [[0.3, 0.6, 0.0]], rtol=1e-6)
-    band = glitches.stripe(np.zeros((1, 1, 2, 14), dtype=np.float32))
-    np.testing.assert_array_equal(band[0, 0, 0], [0] * 6 + [1, 1] + [0] * 6)
+    black = np.zeros((1, 3, 1, 1), dtype=np.float32)  # V = 0, S = 0: becomes grey V'
+    np.testing.assert_allclose(glitches.brightness(black, 0.3)[0, :, 0, 0], [0.3, 0.3, 0.3])
+    # the benchmarks' severities: CIFAR-10-C for RGB, MNIST-C for grey (severity 5 = 0.3 and 0.5)
+    assert glitches.brightness_amount(3, 5) == 0.3 and glitches.brightness_amount(3, 1) == 0.05
+    assert glitches.brightness_amount(1, 5) == 0.5 and glitches.brightness_amount(1, 1) == 0.1
+
+
+def test_stripe_is_mnist_c_on_a_hand_computed_image():
+    """MNIST-C's stripe inverts columns 0-6 and 21-27 of a 28 x 28 image, and leaves columns 7-20."""
+    image = np.tile(np.linspace(0, 1, 28, dtype=np.float32), (28, 1))[None, None]  # column j holds j / 27
+    expected = image.copy()
+    for column in [*range(0, 7), *range(21, 28)]:
+        expected[..., column] = 1.0 - column / 27
+    np.testing.assert_allclose(glitches.stripe(image), expected, atol=1e-6)
+    np.testing.assert_array_equal(glitches.stripe(image)[..., 7:21], image[..., 7:21])
 
 
 def test_tabular_outliers_shift_features_of_chosen_rows(tabular):
@@ -138,7 +165,9 @@ def test_impossible_requests_are_refused(tabular, images, shapes):
     with pytest.raises(GlitchError, match="needs .* rows"):
         inject(images, "far_ca", 0.5, 0, source=shapes.subset(np.arange(30)), options={"source_class": 0})
     with pytest.raises(GlitchError, match="features"):
-        inject(tabular, "far_ca", 0.1, 0, source=datasets.make_tabular(n_rows=100, n_features=4, n_classes=2))
+        inject(tabular, "far_ca", 0.1, 0, source=datasets.make_tabular("other", n_rows=100, n_features=4, n_classes=2))
+    with pytest.raises(GlitchError, match="the data set itself"):
+        inject(images, "far_ca", 0.1, 0, source=images)
     with pytest.raises(GlitchError, match="source"):
         inject(images, "far_ca", 0.1, 0)
 

@@ -14,7 +14,7 @@ from influence_signals.factors import FactorStore
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     data = datasets.make_tabular(n_rows=250, n_features=6, n_classes=3, seed=2)
-    train, val = datasets.prepare(data, 1.0, 0.2, 0)
+    train, val, _ = datasets.prepare(data, 1.0, 0.2, 0)
     torch.manual_seed(0)
     model = models.build("mlp", train.x.shape[1:], 3, {"n_blocks": 1, "d_block": 12, "dropout": 0.1})
     training.train(model, train, val, training.TrainSettings(epochs=3, lr=0.2, batch_size=32), folder / "ckpt")
@@ -73,7 +73,7 @@ def test_blocks_tile_the_matrix_whatever_the_block_size(run):
 
 def test_lr_over_batch_scales_by_batch_size(run, tmp_path):
     model, checkpoints, train, val, folder = run
-    influence.compute_factors(model, checkpoints, train, val, tmp_path / "f", weighting="lr_over_batch", batch_size=32)
+    influence.compute_factors(model, checkpoints, train, val, tmp_path / "f", weighting="lr_over_batch", train_batch_size=32)
     scaled = influence.TracInEngine(FactorStore(tmp_path / "f")).matrix()
     plain = influence.TracInEngine(FactorStore(folder / "factors")).matrix()
     torch.testing.assert_close(scaled * 32, plain, rtol=1e-5, atol=1e-7)
@@ -102,9 +102,20 @@ def test_signals_agree_between_engine_and_captum_backend(run):
 
     *_, folder = run
     store = FactorStore(folder / "factors")
-    ours, ours_epochs = signals.compute(influence.TracInEngine(store), store, row_block=64, col_block=16)
-    theirs, theirs_epochs = signals.compute(influence.open_influence(folder / "factors"), store)
+    ours, ours_epochs, _ = signals.compute(signals.SignalInputs(influence.TracInEngine(store), store, 64, 16))
+    theirs, theirs_epochs, _ = signals.compute(signals.SignalInputs(influence.open_influence(folder / "factors"), store))
     columns = [c for c in ours.columns if c != "row"]
     scale = np.abs(theirs[columns].to_numpy()).max(axis=0)
     np.testing.assert_array_less(np.abs(ours[columns].to_numpy() - theirs[columns].to_numpy()).max(axis=0), 1e-4 * scale + 1e-9)
     np.testing.assert_allclose(ours_epochs, theirs_epochs, rtol=1e-3, atol=1e-6 * np.abs(theirs_epochs).max())
+
+
+def test_closed_form_class_sums_equal_the_dense_matrix(run):
+    """MI and GD-class need only per-class sums, which the engine computes without a pairwise pass."""
+    *_, folder = run
+    store = FactorStore(folder / "factors")
+    engine = influence.TracInEngine(store)
+    dense = engine.matrix(per_checkpoint=True).double().numpy()
+    onehot = np.eye(store.meta.n_classes)[store.y_val]
+    closed = engine.class_sums(store.y_val, store.meta.n_classes).double().numpy()
+    np.testing.assert_allclose(closed, dense @ onehot, rtol=1e-5, atol=1e-5 * np.abs(dense @ onehot).max())

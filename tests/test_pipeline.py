@@ -16,15 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data_dir": "data", "download": False, "device": "cpu", "threads": {"train": 1},
     "prepare": {"fraction": 1.0, "val_fraction": 0.2, "seed": 0},
-    "datasets": {"digits": {}, "shapes": {}, "synth_tabular": {"n_rows": 500, "n_classes": 3}},
+    "datasets": {"digits": {}, "shapes": {}, "shapes_b": {"loader": "shapes", "seed": 1},
+                 "synth_tabular": {"n_rows": 500, "n_classes": 3}},
     "glitch_options": {"far_ca": {"labels": "single", "sources": {"digits": "shapes"}}},
-    "pretrain": {"resnet20": {"source": "shapes", "epochs": 1, "lr": 0.1, "batch_size": 64}},
+    # pre-trained on another draw of shapes: a network's pre-training set cannot be its far-CA source
+    "pretrain": {"resnet20": {"source": "shapes_b", "epochs": 1, "lr": 0.1, "batch_size": 64}},
     "train": {
         "defaults": {"epochs": 2, "lr": 0.1, "batch_size": 64},
         "models": {"resnet20": {"pretrained": "pipeline", "trainable": ["layer3"]},
                    "mlp": {"epochs": 3, "options": {"n_blocks": 1, "d_block": 32}}},
     },
-    "influence": {"backend": "factors", "weighting": "lr", "batch_size": 256, "write_matrix": False},
+    "influence": {"backend": "factors", "weighting": "lr", "write_matrix": False},
     "signals": {"row_block": 512, "col_block": 512, "k_neighbours": 5, "baselines": True},
     "grid": [
         {"datasets": ["digits"], "models": ["resnet20"], "glitches": ["far_ca"], "ratios": [10], "seeds": [0]},
@@ -57,7 +59,8 @@ def write_config(folder: Path, config: dict) -> None:
 def finished(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pipeline")
     write_config(folder, TINY)
-    assert planned(folder) == {"prepare": 3, "inject": 3, "pretrain": 1, "train": 3, "influence": 3,
+    # prepare: digits, its far-CA source shapes, the pre-training set, synth_tabular once per seed
+    assert planned(folder) == {"prepare": 5, "inject": 3, "pretrain": 1, "train": 3, "influence": 3,
                                "signals": 3, "evaluate": 3, "aggregate": 1, "all": 1}
     snakemake(folder, "--cores", "2")
     return folder
@@ -72,7 +75,7 @@ def test_every_stage_writes_sane_outputs(finished):
     assert pd.read_csv(run / "history.csv")["val_accuracy"].iloc[-1] > 0.5
     scores = pd.read_csv(run / "scores.csv")
     assert len(scores) == 400 and {"si", "mi", "aai", "gd_class", "aum"} <= set(scores.columns)
-    assert np.isfinite(scores.drop(columns="row").to_numpy()).all()
+    assert np.isfinite(scores.drop(columns=["row", "id"]).to_numpy()).all()
     metrics = pd.read_csv(run / "metrics.csv").set_index("signal")
     assert metrics["f1"].between(0, 1).all() and metrics.loc["si", "f1"] > 0.25  # chance is 0.1
     summary = pd.read_csv(finished / "results/summary.csv")

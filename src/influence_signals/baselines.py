@@ -1,7 +1,7 @@
 """Classic detectors that use no influence, side by side with the signals (higher = more suspicious).
 
 All of them read the same per-checkpoint logits and penultimate features that the influence stage stored,
-so they cost no extra training.
+so they cost no extra training; ``signals.SIGNALS`` registers them beside the influence signals.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from scipy.special import log_softmax
 
-from .factors import FactorStore
 
 
 def final_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -56,17 +55,3 @@ def confident_learning(features: np.ndarray, labels: np.ndarray, n_classes: int,
 def isolation_forest(features: np.ndarray, seed: int) -> np.ndarray:
     """Isolation Forest (Liu et al. 2008) anomaly score on penultimate features."""
     return -IsolationForest(random_state=seed).fit(features).score_samples(features)
-
-
-def compute(store: FactorStore, seed: int) -> pd.DataFrame:
-    last = store.n_checkpoints - 1
-    labels = store.y_train
-    features = store.read("train_features", last)
-    logits = store.all("train_logits")
-    return pd.DataFrame({
-        "row": np.arange(len(labels)),
-        "loss": final_loss(logits[last], labels),
-        "aum": area_under_margin(logits, labels),
-        "confident_learning": confident_learning(features, labels, store.meta.n_classes, seed),
-        "isolation_forest": isolation_forest(features, seed),
-    })

@@ -1,18 +1,33 @@
-"""The pipeline's configuration: grid expansion and each stage's settings for one job.
+"""The pipeline's configuration: validation (schema + registries), grid expansion, each stage's settings.
 
 Snakemake rules pass these settings to jobs as ``params``, so a changed setting reruns exactly the jobs
-it reaches; nothing reads the config inside a job.
+it reaches; nothing reads the config inside a job. Importing this module imports no torch or scikit-learn,
+so planning a run (``snakemake -n``) is fast.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-from .datasets import LOADERS, DataError
-from .glitches import GLITCHES, GlitchError
+import yaml
+
+from .datasets import DATASETS, DataError, loader_name
+from .glitches import GLITCHES
 from .models import MODELS
+from .plots import FIGURE_KINDS
+from .signals import SIGNALS, score_names
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+PRETRAINED_KEYWORDS = ("none", "pipeline", "torchvision", "hub")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key."""
 
 
 @dataclass(frozen=True, order=True)
@@ -26,6 +41,65 @@ class Job:
     @property
     def wildcards(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "model": self.model, "glitch": self.glitch, "ratio": self.ratio, "seed": self.seed}
+
+
+@cache
+def _base_schema() -> dict[str, Any]:
+    return dict(yaml.safe_load(SCHEMA.read_text()))
+
+
+def schema() -> dict[str, Any]:
+    """The config schema with every enum filled in from the registries."""
+    out = copy.deepcopy(_base_schema())
+    props, defs = out["properties"], out["$defs"]
+    props["datasets"]["additionalProperties"]["properties"]["loader"]["enum"] = DATASETS.names()
+    props["glitch_options"]["properties"] = {g.name: g.options_schema() for g in GLITCHES if g.options}
+    props["train"]["properties"]["models"]["propertyNames"]["enum"] = MODELS.names()
+    every_score = score_names()
+    props["signals"]["properties"]["names"]["items"]["enum"] = SIGNALS.names()
+    props["plot_signals"]["items"]["enum"] = every_score
+    figure = props["figures"]["additionalProperties"]["properties"]
+    figure["kind"]["enum"] = FIGURE_KINDS.names()
+    figure["signals"]["items"]["enum"] = every_score
+    grid = defs["grid"]["items"]["properties"]
+    grid["models"]["items"]["enum"] = MODELS.names()
+    grid["glitches"]["items"]["enum"] = GLITCHES.names()
+    return out
+
+
+def _validator() -> Any:
+    """A Draft 2020-12 validator that also fills in ``default:`` values (the snakemake-workflows convention)."""
+    from jsonschema import Draft202012Validator, validators
+
+    def set_defaults(validator: Any, properties: Mapping[str, Any], instance: Any, schema_: Any) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema_)
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})(schema())
+
+
+def _where(error: Any) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _check_options(where: str, options: Mapping[str, Any], entry_schema: Mapping[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+
+    for error in Draft202012Validator(entry_schema).iter_errors(dict(options)):
+        raise ConfigError(f"config {where}{'.' + _where(error) if error.absolute_path else ''}: {error.message}")
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults into ``config`` in place, validate it against the schema and the registries, return it."""
+    errors = sorted(_validator().iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        error = errors[0]
+        raise ConfigError(f"config {_where(error)}: {error.message}")
+    check(config)
+    return config
 
 
 def expand_grid(blocks: list[Mapping[str, Any]]) -> list[Job]:
@@ -57,29 +131,83 @@ def target_jobs(config: Mapping[str, Any], section: str, name: str) -> list[Job]
     return expand_grid(config[section][name]["grid"])
 
 
+def dataset_modality(config: Mapping[str, Any], name: str) -> str | None:
+    return DATASETS[loader_name(name, config["datasets"][name])].modality
+
+
+def _check_datasets(config: Mapping[str, Any]) -> None:
+    for name, spec in config["datasets"].items():
+        loader = loader_name(name, spec)
+        if loader not in DATASETS:
+            raise ConfigError(f"config datasets.{name}: unknown data set {loader!r}; known: {DATASETS.names()}, "
+                              "or give `loader:`")
+        options = {k: v for k, v in (spec or {}).items() if k != "loader"}
+        _check_options(f"datasets.{name}", options, DATASETS[loader].options_schema())
+        for key in ("path", "test_path"):
+            if key in options and not Path(options[key]).exists():
+                raise ConfigError(f"config datasets.{name}.{key}: {options[key]} does not exist")
+
+
+def _check_training(config: Mapping[str, Any], models_used: set[str]) -> None:
+    train = config["train"]
+    for model in models_used:
+        settings = train_settings(config, "", model)
+        for key in ("epochs", "lr", "batch_size"):
+            if key not in settings:
+                raise ConfigError(f"config train.models.{model}: no `{key}` (set it there or under train.defaults)")
+        _check_options(f"train.models.{model}.options", settings["options"], MODELS[model].options_schema())
+        pretrained = settings["pretrained"]
+        if pretrained not in (None, *PRETRAINED_KEYWORDS) and not Path(pretrained).exists():
+            raise ConfigError(f"config train.models.{model}.pretrained: {pretrained!r} is neither one of "
+                              f"{PRETRAINED_KEYWORDS} nor an existing weights file")
+        if pretrained == "pipeline":
+            source = pretrain_source(config, model)
+            if source not in config["datasets"]:
+                raise ConfigError(f"config pretrain.{model}.source: {source!r} is not declared under `datasets`")
+    for key in train["overrides"]:
+        dataset, model = key.split("/")
+        if dataset not in config["datasets"] or model not in MODELS:
+            raise ConfigError(f"config train.overrides.{key}: no data set {dataset!r} or model {model!r}")
+
+
 def check(config: Mapping[str, Any]) -> None:
     """Semantic checks the JSON schema cannot express; errors name the offending key."""
-    datasets = config.get("datasets", {})
-    for name, options in datasets.items():
-        loader = (options or {}).get("loader", name)
-        if loader not in LOADERS and loader != "table":
-            raise DataError(f"config datasets.{name}: unknown data set {loader!r}; known: {sorted(LOADERS)} or loader `table`")
+    _check_datasets(config)
+    datasets = config["datasets"]
+    models_used: set[str] = set()
     for location, block in grid_blocks(config):
         where = f"config {location}"
         for name in block["datasets"]:
             if name not in datasets:
                 raise DataError(f"{where}.datasets: {name!r} is not declared under `datasets`")
-        for name in block["models"]:
-            if name not in MODELS:
-                raise ValueError(f"{where}.models: unknown model {name!r}; known: {sorted(MODELS)}")
-        for glitch in block["glitches"]:
-            if glitch not in GLITCHES:
-                raise GlitchError(f"{where}.glitches: unknown glitch {glitch!r}; known: {GLITCHES}")
-        for ratio in block["ratios"]:
-            if not 0 < ratio <= 50:
-                raise GlitchError(f"{where}.ratios: {ratio} % is outside (0, 50]")
+            modality = dataset_modality(config, name)
+            for model in block["models"]:
+                if modality and MODELS[model].modality != modality:
+                    raise ConfigError(f"{where}: model {model} is for {MODELS[model].modality} data but {name} is {modality}")
+            for glitch in block["glitches"]:
+                spec = GLITCHES[glitch]
+                if modality and modality not in spec.modalities:
+                    raise ConfigError(f"{where}: glitch {glitch} is defined for {' and '.join(spec.modalities)} data, "
+                                      f"but {name} is {modality}")
+                if spec.needs_source:
+                    _check_source(config, glitch, name, block["models"])
+        models_used.update(block["models"])
     if not all_jobs(config):
-        raise ValueError("config: no jobs; give a `grid` or a figure with a grid")
+        raise ConfigError("config: no jobs; give a `grid` or a figure with a grid")
+    _check_training(config, models_used)
+
+
+def _check_source(config: Mapping[str, Any], glitch: str, dataset: str, models: list[str]) -> None:
+    source = glitch_source(config, glitch, dataset)
+    if source not in config["datasets"]:
+        raise ConfigError(f"config glitch_options.{glitch}.sources.{dataset}: {source!r} is not declared under `datasets`")
+    if source == dataset:
+        raise ConfigError(f"config glitch_options.{glitch}.sources.{dataset}: a data set cannot be its own {glitch} "
+                          "source (its rows would be duplicates of clean rows, not anomalies)")
+    for model in models:
+        if train_settings(config, dataset, model)["pretrained"] == "pipeline" and pretrain_source(config, model) == source:
+            raise ConfigError(f"config: {model} is pre-trained on {source!r}, which is also the {glitch} source of "
+                              f"{dataset!r}; rows a network was pre-trained on are no anomalies to it")
 
 
 def merged(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -114,8 +242,8 @@ def pretrain_settings(config: Mapping[str, Any], model: str) -> dict[str, Any]:
 def pretrain_source(config: Mapping[str, Any], model: str) -> str:
     try:
         return str(config["pretrain"][model]["source"])
-    except KeyError as err:
-        raise ValueError(f"config pretrain.{model}.source: a model with `pretrained: pipeline` needs a source data set") from err
+    except KeyError:
+        raise ConfigError(f"config pretrain.{model}.source: a model with `pretrained: pipeline` needs a source data set") from None
 
 
 def glitch_options(config: Mapping[str, Any], glitch: str) -> dict[str, Any]:
@@ -124,8 +252,15 @@ def glitch_options(config: Mapping[str, Any], glitch: str) -> dict[str, Any]:
     return options
 
 
-def far_ca_source(config: Mapping[str, Any], dataset: str) -> str:
-    sources = config.get("glitch_options", {}).get("far_ca", {}).get("sources", {})
+def glitch_source(config: Mapping[str, Any], glitch: str, dataset: str) -> str:
+    """The data set whose held-out rows a glitch that needs a source (far-CA) takes for ``dataset``."""
+    sources = config.get("glitch_options", {}).get(glitch, {}).get("sources", {})
     if dataset not in sources:
-        raise ValueError(f"config glitch_options.far_ca.sources: no far-CA source data set for {dataset!r}")
+        raise ConfigError(f"config glitch_options.{glitch}.sources: no {glitch} source data set for {dataset!r}")
     return str(sources[dataset])
+
+
+def split_seed(config: Mapping[str, Any], seed: int) -> int:
+    """The seed of a job's subsample and split: its own seed when ``prepare.resample_per_seed``, else one fixed seed."""
+    prepare = config["prepare"]
+    return int(seed) if prepare["resample_per_seed"] else int(prepare["seed"])

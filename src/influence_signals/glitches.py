@@ -1,21 +1,24 @@
-"""Glitch injection: the study's five glitch types, each seeded and recorded in an exact error table.
+"""Glitch injection: the study's glitch types, each seeded and recorded in an exact error table.
 
-``ratio`` is always the share of glitched rows in the *final* training set, and exactly
-``glitch_count(ratio, n_final)`` rows are glitched, so F1 at the known ratio means what it says.
+``ratio`` is the share of glitched rows in the *final* training set (exactly ``glitch_count(ratio, n_final)``
+rows), except for the study's ``class_dependent`` noise, which flips ``floor(ratio x |c_i|)`` rows of one
+class c_i, as its text and reference code define it. Every type is one entry of ``GLITCHES``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from .datasets import DataSet
 
-GLITCHES = ("uniform", "class_dependent", "single_class", "near_ca", "far_ca", "outlier", "none")
+from .datasets import DataSet
+from .registry import Entry, Registry, UnknownName
+
 IMAGE_CORRUPTIONS = ("brightness", "stripe")
-ERROR_COLUMNS = ("row", "glitched", "glitch", "true_label", "observed_label", "origin", "origin_index")
+ERROR_COLUMNS = ("row", "id", "glitched", "glitch", "true_label", "observed_label", "origin", "origin_index")
+GlitchResult = tuple[DataSet, pd.DataFrame]
 
 
 class GlitchError(ValueError):
@@ -41,21 +44,21 @@ def _added_count(n_kept: int, ratio: float) -> int:
     return max(1, guess)
 
 
-def _table(n: int, true: np.ndarray, observed: np.ndarray, glitched: np.ndarray, kind: np.ndarray | str,
+def _table(ids: np.ndarray, true: np.ndarray, observed: np.ndarray, glitched: np.ndarray, kind: np.ndarray | str,
            origin: np.ndarray | str, origin_index: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({
-        "row": np.arange(n), "glitched": glitched, "glitch": kind, "true_label": true,
+        "row": np.arange(len(ids)), "id": ids, "glitched": glitched, "glitch": kind, "true_label": true,
         "observed_label": observed, "origin": origin, "origin_index": origin_index,
     })
 
 
-def _relabel(train: DataSet, rows: np.ndarray, new_labels: np.ndarray, kind: str) -> tuple[DataSet, pd.DataFrame]:
+def _relabel(train: DataSet, rows: np.ndarray, new_labels: np.ndarray, kind: str) -> GlitchResult:
     y = train.y.copy()
     y[rows] = new_labels
     glitched = np.zeros(len(y), dtype=bool)
     glitched[rows] = True
     kinds = np.where(glitched, kind, "none")
-    table = _table(len(y), train.y, y, glitched, kinds, "train", np.arange(len(y)))
+    table = _table(train.ids, train.y, y, glitched, kinds, "train", np.arange(len(y)))
     return replace(train, y=y), table
 
 
@@ -69,7 +72,7 @@ def derangement(n_classes: int, rng: np.random.Generator) -> np.ndarray:
             return perm
 
 
-def uniform_noise(train: DataSet, ratio: float, rng: np.random.Generator) -> tuple[DataSet, pd.DataFrame]:
+def uniform_noise(train: DataSet, ratio: float, rng: np.random.Generator) -> GlitchResult:
     """Chosen rows get a different class, uniformly at random among the other C-1."""
     if train.n_classes < 2:
         raise GlitchError("label noise needs at least two classes")
@@ -78,14 +81,34 @@ def uniform_noise(train: DataSet, ratio: float, rng: np.random.Generator) -> tup
     return _relabel(train, rows, (train.y[rows] + shift) % train.n_classes, "uniform")
 
 
-def class_dependent_noise(train: DataSet, ratio: float, rng: np.random.Generator) -> tuple[DataSet, pd.DataFrame]:
-    """Every class i has one target pi(i) (a seeded derangement); chosen rows get pi(true label)."""
+def class_pairs_noise(train: DataSet, ratio: float, rng: np.random.Generator) -> GlitchResult:
+    """Every class i has one target pi(i) (a seeded derangement); chosen rows of any class get pi(true label)."""
     perm = derangement(train.n_classes, rng)
     rows = np.sort(rng.choice(len(train.y), glitch_count(ratio, len(train.y)), replace=False))
-    return _relabel(train, rows, perm[train.y[rows]], "class_dependent")
+    return _relabel(train, rows, perm[train.y[rows]], "class_pairs")
 
 
-def single_class_noise(train: DataSet, ratio: float, rng: np.random.Generator) -> tuple[DataSet, pd.DataFrame]:
+def class_dependent_noise(train: DataSet, ratio: float, rng: np.random.Generator) -> GlitchResult:
+    """The study's class-dependent noise: ONE random class c_i, floor(ratio x |c_i|) of its rows flipped to ONE c_j.
+
+    As the study's reference code does: the share is of the class, not of the training set (10 % of one
+    class of ten is about 1 % of the rows).
+    """
+    if train.n_classes < 2:
+        raise GlitchError("class-dependent noise needs at least two classes")
+    present = np.flatnonzero(np.bincount(train.y, minlength=train.n_classes))
+    source = int(rng.choice(present))
+    target = int(rng.choice([c for c in range(train.n_classes) if c != source]))
+    members = np.flatnonzero(train.y == source)
+    count = int(np.floor(ratio * len(members)))
+    if count < 1:
+        raise GlitchError(f"class_dependent at ratio {ratio}: class {train.class_names[source]!r} has only "
+                          f"{len(members)} rows, so floor(ratio x rows) is 0")
+    rows = np.sort(rng.choice(members, count, replace=False))
+    return _relabel(train, rows, np.full(count, target), "class_dependent")
+
+
+def single_class_noise(train: DataSet, ratio: float, rng: np.random.Generator) -> GlitchResult:
     """The study's "singular mislabeled": rows of one random class are all flipped to one target class."""
     k = glitch_count(ratio, len(train.y))
     counts = np.bincount(train.y, minlength=train.n_classes)
@@ -98,7 +121,7 @@ def single_class_noise(train: DataSet, ratio: float, rng: np.random.Generator) -
     return _relabel(train, rows, np.full(k, target), "single_class")
 
 
-def near_clustered_anomalies(train: DataSet, ratio: float, rng: np.random.Generator) -> tuple[DataSet, pd.DataFrame]:
+def near_clustered_anomalies(train: DataSet, ratio: float, rng: np.random.Generator) -> GlitchResult:
     """Downsample one random class until it forms ``ratio`` of the training set; its rows are the glitches.
 
     The labels stay correct: these are the study's rare-event anomalies, near the data's own distribution.
@@ -112,7 +135,7 @@ def near_clustered_anomalies(train: DataSet, ratio: float, rng: np.random.Genera
     kept_anomalies = rng.choice(np.flatnonzero(train.y == anomaly_class), needed[anomaly_class], replace=False)
     rows = np.sort(np.concatenate([np.flatnonzero(train.y != anomaly_class), kept_anomalies]))
     glitched = train.y[rows] == anomaly_class
-    table = _table(len(rows), train.y[rows], train.y[rows], glitched, np.where(glitched, "near_ca", "none"), "train", rows)
+    table = _table(train.ids[rows], train.y[rows], train.y[rows], glitched, np.where(glitched, "near_ca", "none"), "train", rows)
     return train.subset(rows), table
 
 
@@ -137,23 +160,22 @@ def convert_images(images: np.ndarray, channels: int, height: int, width: int) -
 def far_clustered_anomalies(
     train: DataSet, ratio: float, rng: np.random.Generator, source: DataSet | None,
     source_class: int | None = None, labels: str = "single",
-) -> tuple[DataSet, pd.DataFrame]:
+) -> GlitchResult:
     """Append rows of one class of another data set, given random labels of the target's classes.
 
-    ``labels="single"`` gives them all one random label (the reference's choice); ``"per_row"`` draws
-    one per row. Rows are then shuffled into the set so that position carries no information.
+    ``source`` is the other data set's held-out pool (rows outside its training subsample, or its test
+    split), never rows a model of the pipeline trained on. ``labels="single"`` gives them all one random
+    label (the reference's choice); ``"per_row"`` draws one per row. Rows are then shuffled into the set
+    so that position carries no information.
     """
     if source is None:
-        raise GlitchError("far_ca needs a source data set (config: glitches.far_ca.sources)")
+        raise GlitchError("far_ca needs a source data set (config: glitch_options.far_ca.sources)")
+    if source.name == train.name:
+        raise GlitchError(f"far_ca source {source.name!r} is the data set itself: its rows would be duplicates, not anomalies")
     if source.modality != train.modality:
         raise GlitchError(f"far_ca source {source.name} is {source.modality} but {train.name} is {train.modality}")
-    if train.modality == "image":
-        _, channels, height, width = train.x.shape
-        source_x = convert_images(source.x, channels, height, width)
-    elif source.x.shape[1] != train.x.shape[1]:
+    if train.modality == "tabular" and source.x.shape[1] != train.x.shape[1]:
         raise GlitchError(f"far_ca source {source.name} has {source.x.shape[1]} features but {train.name} has {train.x.shape[1]}")
-    else:
-        source_x = source.x
     klass = int(rng.integers(source.n_classes)) if source_class is None else int(source_class)
     if not 0 <= klass < source.n_classes:
         raise GlitchError(f"far_ca source class {klass} outside 0..{source.n_classes - 1}")
@@ -162,6 +184,9 @@ def far_clustered_anomalies(
     if m > len(pool):
         raise GlitchError(f"far_ca at ratio {ratio} needs {m} rows of {source.name} class {klass}; it has {len(pool)}")
     picked = np.sort(rng.choice(pool, m, replace=False))
+    source_x = source.x[picked]
+    if train.modality == "image":
+        source_x = convert_images(source_x, *train.x.shape[1:])
     if labels == "single":
         new_labels = np.full(m, rng.integers(train.n_classes))
     elif labels == "per_row":
@@ -169,21 +194,34 @@ def far_clustered_anomalies(
     else:
         raise GlitchError(f"far_ca labels must be 'single' or 'per_row', got {labels!r}")
     order = rng.permutation(len(train.y) + m)
-    x = np.concatenate([train.x, source_x[picked].astype(np.float32)])[order]
+    x = np.concatenate([train.x, source_x.astype(np.float32)])[order]
     y = np.concatenate([train.y, new_labels])[order]
     glitched = (np.arange(len(train.y) + m) >= len(train.y))[order]
     true = np.concatenate([train.y, np.full(m, -1)])[order]
     origin = np.where(glitched, source.name, "train")
     origin_index = np.concatenate([np.arange(len(train.y)), picked])[order]
-    table = _table(len(y), true, y, glitched, np.where(glitched, "far_ca", "none"), origin, origin_index)
-    return replace(train, x=x, y=y), table
+    ids = np.concatenate([train.ids, np.char.add(f"far_ca:{source.name}:", source.ids[picked].astype(str))])[order]
+    table = _table(ids, true, y, glitched, np.where(glitched, "far_ca", "none"), origin, origin_index)
+    return replace(train, x=x, y=y, ids=ids), table
+
+
+# Severities of the published corruption benchmarks: CIFAR-10-C (Hendrycks & Dietterich 2019,
+# make_cifar_c.py) for colour images and MNIST-C (Mu & Gilmer 2019, corruptions.py) for grey ones.
+BRIGHTNESS_SEVERITIES = {3: (0.05, 0.1, 0.15, 0.2, 0.3), 1: (0.1, 0.2, 0.3, 0.4, 0.5)}
+
+
+def brightness_amount(channels: int, severity: int) -> float:
+    """The value added to HSV brightness at ``severity`` 1-5: CIFAR-10-C's table for RGB, MNIST-C's for grey."""
+    if not 1 <= severity <= 5:
+        raise GlitchError(f"brightness severity must be 1..5, got {severity}")
+    return BRIGHTNESS_SEVERITIES[3 if channels == 3 else 1][severity - 1]
 
 
 def brightness(images: np.ndarray, amount: float) -> np.ndarray:
-    """CIFAR-10-C brightness: add ``amount`` to the HSV value channel, clipped to [0, 1].
+    """CIFAR-10-C / MNIST-C brightness: rgb2hsv, V + ``amount`` clipped to [0, 1], hsv2rgb.
 
-    Hue and saturation are kept, so RGB pixels scale by V'/V; a black pixel (V = 0) becomes grey V'.
-    For grey images this is plain clip(x + amount).
+    Hue and saturation are kept, so RGB pixels scale by V'/V; a black pixel (V = 0, hence S = 0)
+    becomes grey V'. For grey images (MNIST-C converts grey -> RGB -> grey) this is clip(x + amount).
     """
     value = images.max(axis=1, keepdims=True)
     new_value = np.clip(value + amount, 0.0, 1.0)
@@ -192,23 +230,24 @@ def brightness(images: np.ndarray, amount: float) -> np.ndarray:
 
 
 def stripe(images: np.ndarray) -> np.ndarray:
-    """MNIST-C style stripe: invert the pixels (1 - x) of a vertical band through the image centre.
+    """MNIST-C's stripe: invert (1 - x) the outer quarters of the columns.
 
-    The band is max(1, width // 7) pixels wide (4 of 28 on MNIST); values stay in [0, 1].
+    MNIST-C (corruptions.py) sets ``x[:, :7] = 255 - x[:, :7]`` and ``x[:, 21:] = 255 - x[:, 21:]`` on
+    28 x 28 images: columns 0-6 and 21-27. For width W the bands are the first and last W // 4 columns.
     """
     out = images.copy()
-    width = images.shape[-1]
-    band = max(1, width // 7)
-    start = (width - band) // 2
-    out[..., start : start + band] = 1.0 - out[..., start : start + band]
+    band = max(1, images.shape[-1] // 4)
+    out[..., :band] = 1.0 - out[..., :band]
+    out[..., -band:] = 1.0 - out[..., -band:]
     return out
 
 
 def outliers(train: DataSet, ratio: float, rng: np.random.Generator, corruptions: Sequence[str] = IMAGE_CORRUPTIONS,
-             brightness_amount: float = 0.3, tabular_shift: float = 6.0) -> tuple[DataSet, pd.DataFrame]:
+             severity: int = 5, tabular_shift: float = 6.0) -> GlitchResult:
     """Corrupt chosen rows in feature space; labels stay as they are.
 
-    Images get one of ``corruptions`` each (drawn at random). Tabular rows get a random half of their
+    Images get one of ``corruptions`` each (drawn at random): brightness at the benchmark's ``severity``
+    (1-5; see ``brightness_amount``) or MNIST-C's stripe. Tabular rows get a random half of their
     (standardised) features shifted by +/- ``tabular_shift`` standard deviations: far from the data but
     of the same kind, like a sensor fault or a unit error.
     """
@@ -219,10 +258,11 @@ def outliers(train: DataSet, ratio: float, rng: np.random.Generator, corruptions
         unknown = set(corruptions) - set(IMAGE_CORRUPTIONS)
         if unknown or not corruptions:
             raise GlitchError(f"unknown image corruptions {sorted(unknown)}; known: {IMAGE_CORRUPTIONS}")
+        amount = brightness_amount(x.shape[1], severity)
         chosen = rng.choice(list(corruptions), size=len(rows))
-        for name in set(chosen):
+        for name in sorted(set(chosen)):
             subset = rows[chosen == name]
-            x[subset] = brightness(x[subset], brightness_amount) if name == "brightness" else stripe(x[subset])
+            x[subset] = brightness(x[subset], amount) if name == "brightness" else stripe(x[subset])
             kinds[subset] = f"outlier:{name}"
     else:
         n_features = x.shape[1]
@@ -231,28 +271,64 @@ def outliers(train: DataSet, ratio: float, rng: np.random.Generator, corruptions
             x[row, cols] += rng.choice([-tabular_shift, tabular_shift], size=len(cols)).astype(np.float32)
         kinds[rows] = "outlier:shift"
     glitched = kinds != "none"
-    table = _table(len(train.y), train.y, train.y, glitched, kinds.astype(str), "train", np.arange(len(train.y)))
+    table = _table(train.ids, train.y, train.y, glitched, kinds.astype(str), "train", np.arange(len(train.y)))
     return replace(train, x=x), table
 
 
+def no_glitch(train: DataSet, ratio: float, rng: np.random.Generator) -> GlitchResult:
+    """Nothing injected: for debugging a user's own data, where the glitches are unknown."""
+    n = len(train.y)
+    return train, _table(train.ids, train.y, train.y, np.zeros(n, bool), "none", "train", np.arange(n))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlitchType(Entry):
+    """A glitch type: how to inject it, what kind of error it is, and what it needs."""
+
+    inject: Callable[..., GlitchResult]  # (train, ratio, rng, [source], **options)
+    kind: Literal["mislabel", "anomaly", "none"]
+    modalities: tuple[str, ...] = ("image", "tabular")
+    needs_source: bool = False  # a second data set (far-CA rows), named per data set under `sources`
+    uses_ratio: bool = True
+
+
+GLITCHES: Registry[GlitchType] = Registry("glitch")
+GLITCHES.add(GlitchType(name="uniform", label="Mislabeled (uniform)", inject=uniform_noise, kind="mislabel"))
+GLITCHES.add(GlitchType(name="class_dependent", label="Mislabeled (class-dependent)", inject=class_dependent_noise,
+                        kind="mislabel"))
+GLITCHES.add(GlitchType(name="class_pairs", label="Mislabeled (class pairs)", inject=class_pairs_noise, kind="mislabel"))
+GLITCHES.add(GlitchType(name="single_class", label="Mislabeled (single class)", inject=single_class_noise,
+                        kind="mislabel"))
+GLITCHES.add(GlitchType(name="near_ca", label="Near-CA", inject=near_clustered_anomalies, kind="anomaly",
+                        modalities=("tabular",)))
+GLITCHES.add(GlitchType(
+    name="far_ca", label="Far-CA", inject=far_clustered_anomalies, kind="anomaly", needs_source=True,
+    options={"labels": {"enum": ["single", "per_row"], "default": "single"},
+             "source_class": {"type": "integer", "minimum": 0},
+             "sources": {"type": "object", "additionalProperties": {"type": "string"},
+                         "description": "data set -> the data set whose held-out rows become its far-CA rows"}}))
+GLITCHES.add(GlitchType(
+    name="outlier", label="Outliers", inject=outliers, kind="anomaly",
+    options={"corruptions": {"type": "array", "minItems": 1, "items": {"enum": list(IMAGE_CORRUPTIONS)}},
+             "severity": {"type": "integer", "minimum": 1, "maximum": 5, "default": 5},
+             "tabular_shift": {"type": "number", "exclusiveMinimum": 0, "default": 6.0}}))
+GLITCHES.add(GlitchType(name="none", label="No glitch", inject=no_glitch, kind="none", uses_ratio=False))
+
+
 def inject(train: DataSet, glitch: str, ratio: float, seed: int, source: DataSet | None = None,
-           options: Mapping[str, Any] | None = None) -> tuple[DataSet, pd.DataFrame]:
+           options: Mapping[str, Any] | None = None) -> GlitchResult:
     """Apply ``glitch`` at ``ratio`` with a generator seeded by ``seed``; return the set and its error table."""
-    options = dict(options or {})
-    if glitch not in GLITCHES:
-        raise GlitchError(f"unknown glitch {glitch!r}; known: {GLITCHES}")
+    try:
+        spec = GLITCHES[glitch]
+    except UnknownName as err:
+        raise GlitchError(str(err)) from None
+    options = {k: v for k, v in (options or {}).items() if k != "sources"}
+    if train.modality not in spec.modalities:
+        hint = "; use far_ca for images" if glitch == "near_ca" else ""
+        raise GlitchError(f"{glitch} is defined for {' and '.join(spec.modalities)} data, not {train.modality}{hint}")
+    if spec.uses_ratio:
+        check_ratio(ratio)
     rng = np.random.default_rng(seed)
-    if glitch == "none":
-        n = len(train.y)
-        return train, _table(n, train.y, train.y, np.zeros(n, bool), "none", "train", np.arange(n))
-    check_ratio(ratio)
-    if glitch == "near_ca" and train.modality != "tabular":
-        raise GlitchError("near_ca is defined for tabular data (a downsampled class); use far_ca for images")
-    if glitch == "far_ca":
-        return far_clustered_anomalies(train, ratio, rng, source, options.get("source_class"), options.get("labels", "single"))
-    if glitch == "outlier":
-        return outliers(train, ratio, rng, options.get("corruptions", IMAGE_CORRUPTIONS),
-                        options.get("brightness", 0.3), options.get("tabular_shift", 6.0))
-    functions = {"uniform": uniform_noise, "class_dependent": class_dependent_noise,
-                 "single_class": single_class_noise, "near_ca": near_clustered_anomalies}
-    return functions[glitch](train, ratio, rng)
+    if spec.needs_source:
+        return spec.inject(train, ratio, rng, source, **options)
+    return spec.inject(train, ratio, rng, **options)

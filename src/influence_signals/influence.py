@@ -5,49 +5,50 @@ outer product of its error vector ``e = softmax(z) - onehot(y)`` (k classes) wit
 
     g_i . g_j = (e_i . e_j) (h_i . h_j + 1)   and   TracIn(i -> j) = sum_t w_t (e_i,t . e_j,t)(h_i,t . h_j,t + 1)
 
-with ``w_t`` the checkpoint weight: its learning rate eta_t (Pruthi et al.), or eta_t / |B| (``lr_over_batch``)
-for the study's option of a batch-mean loss. The influence stage stores logits and features per checkpoint
+with ``w_t`` the checkpoint weight: its learning rate eta_t (Pruthi et al.), or eta_t / |B_t| (``lr_over_batch``,
+|B_t| the *training* batch size) for the study's option of a batch-mean loss. The influence stage stores logits and features per checkpoint
 (O((n + m)(k + d)) floats each), never an n x m matrix; blocks, self-influence and per-checkpoint
 influence are computed from them on demand.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .artifacts import ArtifactError, atomic_path, load_npz, save_npz
-from .factors import ARRAYS, FactorMeta, FactorStore
 from .datasets import DataSet
-from .models import AdaptedModel
-from .training import load_checkpoint, resolve_device
+from .factors import ARRAYS, FactorMeta, FactorStore
+from .networks import AdaptedModel
+from .training import forward_on, frozen_state, load_checkpoint, read_checkpoint, resolve_device
 
 WEIGHTINGS = ("lr", "lr_over_batch")
 
 
-def checkpoint_weight(learning_rate: float, weighting: str, batch_size: int) -> float:
+def checkpoint_weight(learning_rate: float, weighting: str, train_batch_size: int) -> float:
+    """w_t: the learning rate, or the learning rate over the training batch size |B_t| (batch-mean loss)."""
     if weighting == "lr":
         return learning_rate
     if weighting == "lr_over_batch":
-        return learning_rate / batch_size
+        return learning_rate / train_batch_size
     raise ValueError(f"unknown checkpoint weighting {weighting!r}; known: {WEIGHTINGS}")
 
 
 @torch.no_grad()
-def logits_and_features(model: AdaptedModel, data: DataSet, device: torch.device, batch_size: int = 1024
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def logits_and_features(model: AdaptedModel, inputs: torch.Tensor, forward: Callable[..., torch.Tensor],
+                        device: torch.device, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """The model's logits and the head's input (penultimate features) for every row, in eval mode."""
     model.eval()
     captured: list[torch.Tensor] = []
     hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     logits = []
     try:
-        x = torch.from_numpy(data.x)
-        for start in range(0, len(x), batch_size):
-            logits.append(model(x[start : start + batch_size].to(device)).float().cpu())
+        for start in range(0, len(inputs), batch_size):
+            logits.append(forward(inputs[start : start + batch_size].to(device)).float().cpu())
     finally:
         hook.remove()
     features = torch.cat([c.float().cpu().reshape(c.shape[0], -1) for c in captured])
@@ -55,20 +56,29 @@ def logits_and_features(model: AdaptedModel, data: DataSet, device: torch.device
 
 
 def compute_factors(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet, out_dir: str | Path,
-                    weighting: str = "lr", batch_size: int = 128, device: str = "cpu") -> FactorMeta:
-    """Write the per-checkpoint TracIn factors of ``train`` and ``val`` into the folder ``out_dir``."""
+                    weighting: str = "lr", train_batch_size: int = 128, device: str = "cpu") -> FactorMeta:
+    """Write the per-checkpoint TracIn factors of ``train`` and ``val`` into the folder ``out_dir``.
+
+    Where the model's trunk is frozen (fine-tuning), its output is computed once for all checkpoints.
+    """
     if not checkpoints:
         raise ArtifactError("no checkpoints to compute influence from")
     dev = resolve_device(device)
     model.to(dev)
     weights, epochs, arrays = [], [], {}
+    cached: dict[str, tuple[torch.Tensor, Callable[..., torch.Tensor]]] = {}
+    trunk: list[torch.Tensor] = []
     with atomic_path(out_dir, directory=True) as tmp:
         for t, path in enumerate(checkpoints):
-            lr = load_checkpoint(model, path)
+            payload = read_checkpoint(model, path)
             model.to(dev)
-            weights.append(checkpoint_weight(lr, weighting, batch_size))
-            epochs.append(int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]))
-            parts = (*logits_and_features(model, train, dev), *logits_and_features(model, val, dev))
+            weights.append(checkpoint_weight(float(payload["learning_rate"]), weighting, train_batch_size))
+            epochs.append(int(payload["epoch"]))
+            state = frozen_state(model)
+            if not cached or len(state) != len(trunk) or not all(torch.equal(a, b) for a, b in zip(state, trunk)):
+                cached = {split: forward_on(model, torch.from_numpy(data.x), dev) for split, data in (("train", train), ("val", val))}
+                trunk = [t.clone() for t in state]
+            parts = (*logits_and_features(model, *cached["train"], dev), *logits_and_features(model, *cached["val"], dev))
             for name, part in zip(ARRAYS, parts):
                 if name not in arrays:
                     arrays[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32,
@@ -153,6 +163,23 @@ class TracInEngine:
             parts.append(self.weights[:, None] * errors.square().sum(-1) * features.square().sum(-1))
         return torch.cat(parts, dim=1)
 
+    def class_sums(self, y_val: np.ndarray, n_classes: int) -> torch.Tensor:
+        """Per-checkpoint sums of influence over each validation class (T, n, C), in closed form.
+
+        sum_{j in c} I_t(i, j) = w_t e_i^T A_tc [h_i, 1] with A_tc = sum_{j in c} e_j [h_j, 1]^T (k x (d + 1)):
+        O(T n k (d + 1) C) and no pairwise pass.
+        """
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(self.device), n_classes).float()
+        # A[t, c] = sum_j onehot[j, c] e_j h_j^T: (T, C, k, d + 1)
+        moments = torch.einsum("jc,tjk,tjd->tckd", onehot, self.val_errors, self.val_features)
+        out = torch.empty((self.n_checkpoints, self.n_train, n_classes), device=self.device)
+        for start in range(0, self.n_train, 8192):
+            stop = min(start + 8192, self.n_train)
+            errors, features = self.train_factors(start, stop)
+            projected = torch.einsum("tckd,tid->tick", moments, features)  # (T, b, C, k)
+            out[:, start:stop] = torch.einsum("tick,tik->tic", projected, errors)
+        return out
+
     def matrix(self, per_checkpoint: bool = False) -> torch.Tensor:
         """The full train -> validation matrix (n, m), or (T, n, m); only for sizes that fit in memory."""
         out = torch.zeros((self.n_checkpoints, self.n_train, self.n_val) if per_checkpoint else (self.n_train, self.n_val),
@@ -180,21 +207,52 @@ class DenseInfluence:
                 rows, cols = slice(start, start + row_block), slice(col, col + col_block)
                 yield rows, cols, self.per_checkpoint[:, rows, cols]
 
+    def class_sums(self, y_val: np.ndarray, n_classes: int) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(self.device), n_classes).float()
+        return self.per_checkpoint @ onehot
+
     def self_influence(self) -> torch.Tensor:
         return self._self
 
 
+def class_masses(source: Any, y_val: np.ndarray, n_classes: int, row_block: int = 1024,
+                 col_block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over all tiles: positive / negative influence mass per (row, validation class).
+
+    Returns P, N of the summed influence (n, C) and P_t, N_t per checkpoint (T, n, C).
+    """
+    device = source.device
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(device), n_classes).float()
+    shape = (source.n_train, n_classes)
+    pos, neg = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+    pos_t = torch.zeros((source.n_checkpoints, *shape), device=device)
+    neg_t = torch.zeros_like(pos_t)
+    for rows, cols, block in source.blocks(row_block, col_block):
+        classes = onehot[cols]
+        total = block.sum(0)
+        linear = total @ classes
+        positive = total.clamp_(min=0) @ classes
+        pos[rows] += positive
+        neg[rows] += linear - positive
+        linear_t = block @ classes
+        positive_t = block.clamp(min=0) @ classes
+        pos_t[:, rows] += positive_t
+        neg_t[:, rows] += linear_t - positive_t
+    return pos, neg, pos_t, neg_t
+
+
 def captum_influence(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet,
-                     weighting: str = "lr", batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+                     weighting: str = "lr", train_batch_size: int = 128, batch_size: int = 128
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Captum's TracInCP on the final linear layer (bias included), one checkpoint at a time.
 
     Returns per-checkpoint train -> validation influence (T, n, m) and self-influence (T, n). Captum
-    multiplies by each checkpoint's learning rate (from ``load_checkpoint``); ``lr_over_batch`` scales by 1/|B|.
+    multiplies by each checkpoint's learning rate (from ``load_checkpoint``); ``lr_over_batch`` scales by 1/|B_t|.
     """
     from captum.influence import TracInCP
     from torch.utils.data import TensorDataset
 
-    scale = checkpoint_weight(1.0, weighting, batch_size)
+    scale = checkpoint_weight(1.0, weighting, train_batch_size)
     dataset = TensorDataset(torch.from_numpy(train.x), torch.from_numpy(train.y))
     model.eval()
     per_checkpoint, self_influence = [], []
@@ -212,13 +270,13 @@ BACKENDS = ("factors", "captum")
 
 
 def compute(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet, out_dir: str | Path,
-            backend: str = "factors", weighting: str = "lr", batch_size: int = 128, device: str = "cpu") -> None:
+            backend: str = "factors", weighting: str = "lr", train_batch_size: int = 128, device: str = "cpu") -> None:
     """The influence stage: factors always (signals and baselines read them), Captum's matrices if asked."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown influence backend {backend!r}; known: {BACKENDS}")
-    compute_factors(model, checkpoints, train, val, out_dir, weighting, batch_size, device)
+    compute_factors(model, checkpoints, train, val, out_dir, weighting, train_batch_size, device)
     if backend == "captum":
-        per_checkpoint, self_influence = captum_influence(model, checkpoints, train, val, weighting, batch_size)
+        per_checkpoint, self_influence = captum_influence(model, checkpoints, train, val, weighting, train_batch_size)
         save_npz(Path(out_dir) / "captum.npz", per_checkpoint=per_checkpoint, self_influence=self_influence)
 
 

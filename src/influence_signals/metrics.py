@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 INSPECTED_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
@@ -27,6 +26,8 @@ def detection(scores: np.ndarray, glitched: np.ndarray) -> dict[str, float]:
     k = int(glitched.sum())
     if k == 0 or k == len(glitched):
         return {"k": k, "f1": np.nan, "precision_at_k": np.nan, "recall_at_k": np.nan, "ap": np.nan, "auroc": np.nan}
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     flagged = np.zeros(len(scores), dtype=bool)
     flagged[ranking(scores)[:k]] = True
     hits = int((flagged & glitched).sum())

@@ -1,9 +1,9 @@
-"""The study's models behind one interface: a network whose last ``nn.Linear`` is the TracIn layer.
+"""The study's models, one registry entry each (``MODELS``): a network whose last ``nn.Linear`` is the TracIn layer.
 
-Every model is wrapped as ``AdaptedModel(adapter, net)``: the adapter is the one place where inputs are
-fitted to a network (image normalisation with mean 0.5 / sd 0.5, grey -> RGB, resizing), and ``net``
-keeps the original module names, so the paper's layer names (``layer3.2``, ``fc``, ``heads``,
-``classifier.2``) select the layers to fine-tune.
+Every model is built as ``AdaptedModel(adapter, net)``: the adapter fits inputs to the network (grey ->
+RGB, resizing, and the normalisation the backbone's weights were trained with), and ``net`` keeps the
+original module names, so the paper's layer names (``layer3.2``, ``heads``, ``classifier.2``) select the
+layers to fine-tune. Importing this module imports no torch: builders import it when called.
 """
 from __future__ import annotations
 
@@ -11,112 +11,37 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from .registry import Entry, Registry, UnknownName
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .networks import AdaptedModel
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CIFAR10_CHENYAOFO = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+HALF = ((0.5,), (0.5,))
 
 
 class ModelError(ValueError):
     """Unknown model, or weights that do not fit it."""
 
 
-class InputAdapter(nn.Module):
-    """Normalise images as the study does and fit them to the network's channels and resolution."""
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(Entry):
+    """How to build a model, which module is its TracIn head, and what its inputs must look like."""
 
-    def __init__(self, image: bool, channels: int | None = None, resolution: int | None = None) -> None:
-        super().__init__()
-        self.image, self.channels, self.resolution = image, channels, resolution
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.image:
-            return x
-        x = (x - 0.5) / 0.5
-        if self.channels is not None and x.shape[1] != self.channels:
-            x = x.repeat(1, self.channels // x.shape[1], 1, 1)
-        if self.resolution is not None and x.shape[-1] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
-        return x
-
-
-class AdaptedModel(nn.Module):
-    def __init__(self, adapter: InputAdapter, net: nn.Module, head: str) -> None:
-        super().__init__()
-        self.adapter, self.net, self.head_name = adapter, net, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.adapter(x))
-
-    @property
-    def head(self) -> nn.Linear:
-        module = self.net.get_submodule(self.head_name)
-        assert isinstance(module, nn.Linear)
-        return module
-
-
-# ----------------------------------------------------------------------------------------------
-# ResNet-20 (He et al. 2016, the CIFAR variant: 3 stages x 3 basic blocks, 16/32/64 channels, ~0.27 M)
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.downsample(x))
-
-
-class ResNet20(nn.Module):
-    def __init__(self, n_classes: int, in_channels: int = 3, blocks_per_stage: int = 3) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        stages, cin = [], 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            stages.append(nn.Sequential(*[BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                                          for i in range(blocks_per_stage)]))
-            cin = cout
-        self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(64, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-class FTTransformerClassifier(nn.Module):
-    """rtdl's FT-Transformer takes (x_cont, x_cat); here all features are continuous."""
-
-    def __init__(self, d_in: int, n_classes: int, n_blocks: int = 3, **kwargs: Any) -> None:
-        super().__init__()
-        from rtdl_revisiting_models import FTTransformer
-
-        settings = FTTransformer.get_default_kwargs(n_blocks=n_blocks)
-        settings.update(kwargs)
-        self.net = FTTransformer(n_cont_features=d_in, cat_cardinalities=[], d_out=n_classes, **settings)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x, None)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
     build: Callable[..., nn.Module]
     head: str
-    modality: str
+    modality: Literal["image", "tabular"]
     channels: int | None = None
     resolution: int | None = None
-    weights: str | None = None  # torchvision weights enum, for "pretrained: torchvision"
+    normalisation: tuple[Sequence[float], Sequence[float]] = HALF  # mean, sd of the weights' training inputs
+    weights: str | None = None  # torchvision weights enum ("pretrained: torchvision") or a hub URL ("pretrained: hub")
+    nonnegative_head_inputs: bool = False  # ReLU / pooled-ReLU features: TracIn's sign is the sign of e_i . e_j
 
 
 def _mlp(d_in: int, n_classes: int, n_blocks: int = 3, d_block: int = 192, dropout: float = 0.1, **_: Any) -> nn.Module:
@@ -134,14 +59,25 @@ def _resnet_tabular(d_in: int, n_classes: int, n_blocks: int = 2, d_block: int =
 
 
 def _ft_transformer(d_in: int, n_classes: int, **kwargs: Any) -> nn.Module:
+    from .networks import FTTransformerClassifier
+
     return FTTransformerClassifier(d_in, n_classes, **kwargs)
 
 
 def _resnet20(n_classes: int, **_: Any) -> nn.Module:
-    return ResNet20(n_classes)
+    from .networks import ResNet20
+
+    return ResNet20(n_classes, shortcut="A", head="linear")
+
+
+def _resnet20_hub(n_classes: int, **_: Any) -> nn.Module:
+    from .networks import ResNet20
+
+    return ResNet20(n_classes, shortcut="B", head="fc")
 
 
 def _convnext_tiny(n_classes: int, **_: Any) -> nn.Module:
+    from torch import nn
     from torchvision.models import convnext_tiny
 
     model = convnext_tiny(weights=None)
@@ -150,6 +86,7 @@ def _convnext_tiny(n_classes: int, **_: Any) -> nn.Module:
 
 
 def _vit_b_16(n_classes: int, image_size: int = 224, **_: Any) -> nn.Module:
+    from torch import nn
     from torchvision.models import vit_b_16
 
     model = vit_b_16(weights=None, image_size=image_size)
@@ -157,24 +94,43 @@ def _vit_b_16(n_classes: int, image_size: int = 224, **_: Any) -> nn.Module:
     return model
 
 
-MODELS: Mapping[str, ModelSpec] = {
-    "mlp": ModelSpec(_mlp, "output", "tabular"),
-    "resnet": ModelSpec(_resnet_tabular, "output.linear", "tabular"),
-    "ft_transformer": ModelSpec(_ft_transformer, "net.backbone.output.linear", "tabular"),
-    "resnet20": ModelSpec(_resnet20, "fc", "image", channels=3),
-    "convnext_tiny": ModelSpec(_convnext_tiny, "classifier.2", "image", 3, 224, "ConvNeXt_Tiny_Weights.IMAGENET1K_V1"),
-    "vit_b_16": ModelSpec(_vit_b_16, "heads.head", "image", 3, 224, "ViT_B_16_Weights.IMAGENET1K_V1"),
-}
+_MLP_OPTIONS = {"n_blocks": {"type": "integer", "minimum": 1}, "d_block": {"type": "integer", "minimum": 1},
+                "dropout": {"type": "number", "minimum": 0, "maximum": 1}}
+_IMAGE_OPTIONS = {"resolution": {"type": "integer", "minimum": 8, "description": "resize inputs to this size"}}
+
+MODELS: Registry[ModelSpec] = Registry("model")
+MODELS.add(ModelSpec(name="mlp", label="MLP", build=_mlp, head="output", modality="tabular",
+                     nonnegative_head_inputs=True, options=_MLP_OPTIONS))
+MODELS.add(ModelSpec(name="resnet", label="ResNet (tabular)", build=_resnet_tabular, head="output.linear",
+                     modality="tabular", options={**_MLP_OPTIONS, "dropout1": {"type": "number"}, "dropout2": {"type": "number"},
+                                                  "d_hidden_multiplier": {"type": "number"}}))
+MODELS.add(ModelSpec(name="ft_transformer", label="FT-Transformer", build=_ft_transformer, head="net.backbone.output.linear",
+                     modality="tabular", options={"n_blocks": {"type": "integer", "minimum": 1}}))
+MODELS.add(ModelSpec(name="resnet20", label="ResNet-20", build=_resnet20, head="linear", modality="image", channels=3,
+                     normalisation=IMAGENET, nonnegative_head_inputs=True, options=_IMAGE_OPTIONS))
+MODELS.add(ModelSpec(name="resnet20_hub", label="ResNet-20 (torch.hub)", build=_resnet20_hub, head="fc",
+                     modality="image", channels=3, normalisation=CIFAR10_CHENYAOFO, nonnegative_head_inputs=True,
+                     weights="https://github.com/chenyaofo/pytorch-cifar-models/releases/download/resnet/"
+                             "cifar10_resnet20-4118986f.pt", options=_IMAGE_OPTIONS))
+MODELS.add(ModelSpec(name="convnext_tiny", label="ConvNeXt-Tiny", build=_convnext_tiny, head="classifier.2",
+                     modality="image", channels=3, resolution=224, normalisation=IMAGENET,
+                     weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1", options=_IMAGE_OPTIONS))
+MODELS.add(ModelSpec(name="vit_b_16", label="ViT-B/16", build=_vit_b_16, head="heads.head", modality="image", channels=3,
+                     resolution=224, normalisation=IMAGENET, weights="ViT_B_16_Weights.IMAGENET1K_V1",
+                     options=_IMAGE_OPTIONS))
 
 
 def spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name]
+    try:
+        return MODELS[name]
+    except UnknownName as err:
+        raise ModelError(str(err)) from None
 
 
 def build(name: str, input_shape: Sequence[int], n_classes: int, options: Mapping[str, Any] | None = None) -> AdaptedModel:
     """Build model ``name`` for inputs of ``input_shape`` (one row, without the batch axis)."""
+    from .networks import AdaptedModel, InputAdapter
+
     model_spec = spec(name)
     options = dict(options or {})
     image = len(input_shape) == 3
@@ -186,11 +142,16 @@ def build(name: str, input_shape: Sequence[int], n_classes: int, options: Mappin
         if name == "vit_b_16":
             options.setdefault("image_size", resolution or input_shape[-1])
         net = model_spec.build(n_classes=n_classes, **options)
-        adapter = InputAdapter(True, model_spec.channels, resolution)
+        mean, std = model_spec.normalisation
+        adapter = InputAdapter(True, model_spec.channels, resolution, mean, std)
     else:
         net = model_spec.build(d_in=int(input_shape[0]), n_classes=n_classes, **options)
         adapter = InputAdapter(False)
     return AdaptedModel(adapter, net, model_spec.head)
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def set_trainable(model: AdaptedModel, prefixes: Sequence[str] | None) -> list[str]:
@@ -201,35 +162,75 @@ def set_trainable(model: AdaptedModel, prefixes: Sequence[str] | None) -> list[s
     chosen = None if prefixes is None else [*prefixes, model.head_name]
     names = []
     for name, parameter in model.net.named_parameters():
-        parameter.requires_grad_(chosen is None or any(name == p or name.startswith(p + ".") for p in chosen))
+        parameter.requires_grad_(chosen is None or _under(name, chosen))
         if parameter.requires_grad:
             names.append(name)
-    if chosen is not None:
-        unknown = [p for p in prefixes or [] if not any(n == p or n.startswith(p + ".") for n, _ in model.net.named_parameters())]
+    if prefixes:
+        unknown = [p for p in prefixes if not any(_under(n, [p]) for n, _ in model.net.named_parameters())]
         if unknown:
             raise ModelError(f"trainable layers {unknown} do not exist in the model")
     return names
 
 
 def load_backbone(model: AdaptedModel, state: Mapping[str, torch.Tensor], origin: str) -> None:
-    """Load pre-trained weights into ``net``, all but the head (whose class count differs)."""
+    """Load pre-trained weights into ``net``, all but the head (a new head is trained, as the study does).
+
+    Keys must match exactly: a key of the file the network lacks, or one the network has and the file
+    lacks, is an error (BatchNorm's ``num_batches_tracked`` counters excepted: published files omit them).
+    """
     head_keys = {f"{model.head_name}.weight", f"{model.head_name}.bias"}
     own = model.net.state_dict()
+    counters = {k for k in own if k.endswith("num_batches_tracked")}
     usable = {k: v for k, v in state.items() if k not in head_keys}
+    unexpected = [k for k in usable if k not in own]
     mismatched = [k for k, v in usable.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in head_keys and k not in usable]
-    if mismatched or missing:
-        raise ModelError(f"pre-trained weights {origin} do not fit: missing {missing[:5]}, mismatched {mismatched[:5]}")
+    missing = [k for k in own if k not in head_keys and k not in usable and k not in counters]
+    if mismatched or missing or unexpected:
+        raise ModelError(f"pre-trained weights {origin} do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                         f"mismatched {mismatched[:5]}")
     model.net.load_state_dict({**own, **usable})
 
 
-def torchvision_weights(name: str, download: bool) -> Mapping[str, torch.Tensor]:
-    """ImageNet weights from the torch hub cache; fetched only when ``download`` allows it."""
+def weights_file(path: str | os.PathLike[str], model: AdaptedModel) -> Mapping[str, torch.Tensor]:
+    """A state dict from a file: this pipeline's checkpoint, a ``{"state_dict": ...}`` dict or a plain state dict.
+
+    A ``module.`` prefix (weights saved from ``DataParallel``, as the published CIFAR ResNet-20) is removed.
+    Loaded with ``weights_only=True``: a file cannot run code.
+    """
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"pre-trained weights {path} not found") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ModelError(f"pre-trained weights {path} are corrupt or not a torch file: {err}") from None
+    if not isinstance(payload, dict):
+        raise ModelError(f"pre-trained weights {path}: expected a dict of tensors, got {type(payload).__name__}")
+    if "model_state_dict" in payload:  # a checkpoint of this pipeline
+        return {k.removeprefix("net."): v for k, v in payload["model_state_dict"].items() if k.startswith("net.")}
+    state = payload.get("state_dict", payload)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def published_weights(name: str, download: bool) -> Mapping[str, torch.Tensor]:
+    """A model's published weights (torchvision's ImageNet enum, or the study's torch.hub URL) from the hub cache.
+
+    Fetched only when ``download`` allows it; a fresh machine without the network gets a clear error.
+    """
+    import torch
     import torchvision.models as tvm
 
-    enum_name, member = (spec(name).weights or "").split(".")
-    weights = getattr(getattr(tvm, enum_name), member)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    weights = spec(name).weights or ""
+    enum = None
+    if not weights.startswith("https://"):
+        enum_name, member = weights.split(".")
+        enum = getattr(getattr(tvm, enum_name), member)
+        weights = enum.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights)
     if not cached.exists() and not download:
-        raise ModelError(f"{name}: pre-trained weights not in {cached}; set `download: true` or place the file there")
-    return weights.get_state_dict(progress=False)
+        raise ModelError(f"{name}: pre-trained weights not in {cached}; set `download: true` (needs the network) "
+                         "or place the file there")
+    if enum is not None:
+        return enum.get_state_dict(progress=False)
+    return torch.hub.load_state_dict_from_url(weights, map_location="cpu", progress=False, weights_only=True)

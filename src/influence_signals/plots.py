@@ -1,53 +1,60 @@
-"""The study's figures and Table 1, drawn with seaborn from aggregated metrics (mean +/- sd over seeds)."""
+"""The study's figures and Table 1, drawn with seaborn from aggregated metrics (mean +/- sd over seeds).
+
+Figure kinds are entries of ``FIGURE_KINDS``; labels come from the signal and glitch registries.
+seaborn is imported when a figure is drawn, so planning a run does not pay for it.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from .artifacts import atomic_path, write_csv, write_text
+from .glitches import GLITCHES
+from .metrics import summarise
+from .registry import Entry, Registry
+from .signals import labels as signal_labels
 
-from .artifacts import atomic_path, write_csv, write_text  # noqa: E402
-from .metrics import summarise  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
-SIGNAL_LABELS = {
-    "si": "Self-Influence", "mi": "Marginal Infl.", "aai": "Avg. Abs. Infl.", "gd_class": "GD-class",
-    "sign_aware": "Sign-aware", "class_sign_aware": "Class+sign-aware", "harm_other_classes": "Harm other classes",
-    "si_first": "SI, first epoch", "si_slope": "SI slope",
-    "knn_distance": "kNN distance", "grad_norm": "Gradient norm",
-    "loss": "Loss", "aum": "AUM", "confident_learning": "Confident learning", "isolation_forest": "Isolation Forest",
-}
-GLITCH_LABELS = {
-    "uniform": "Mislabeled (uniform)", "class_dependent": "Mislabeled (class-dependent)",
-    "single_class": "Mislabeled (single class)", "near_ca": "Near-CA", "far_ca": "Far-CA", "outlier": "Outliers",
-}
-KINDS = ("bars", "ratios", "epochs")
+
+def _seaborn() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    return sns
 
 
 def save_figure(figure: plt.Figure, path: str) -> None:
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format=str(path).rsplit(".", 1)[-1], bbox_inches="tight")
     plt.close(figure)
 
 
 def _labelled(frame: pd.DataFrame, signals: Sequence[str]) -> pd.DataFrame:
+    names, glitch_names = signal_labels(), GLITCHES.labels()
     frame = frame[frame["signal"].isin(signals)].copy()
-    frame["Signal"] = frame["signal"].map(lambda s: SIGNAL_LABELS.get(s, s))
-    frame["Glitch"] = frame["glitch"].map(lambda g: GLITCH_LABELS.get(g, g))
+    frame["Signal"] = frame["signal"].map(lambda s: names.get(s, s))
+    frame["Glitch"] = frame["glitch"].map(lambda g: glitch_names.get(g, g))
     return frame
 
 
 def _order(signals: Sequence[str]) -> list[str]:
-    return [SIGNAL_LABELS.get(s, s) for s in signals]
+    names = signal_labels()
+    return [names.get(s, s) for s in signals]
 
 
 def bars(metrics: pd.DataFrame, path: str, signals: Sequence[str], title: str = "") -> None:
     """Figures 1 and 2: F1 of each signal per model (bars, mean +/- sd over seeds), data set x glitch panels."""
     data = _labelled(metrics, signals)
-    grid = sns.catplot(data=data, kind="bar", x="f1", y="Signal", hue="model", row="dataset", col="Glitch",
+    grid = _seaborn().catplot(data=data, kind="bar", x="f1", y="Signal", hue="model", row="dataset", col="Glitch",
                        order=_order(signals), errorbar="sd", height=3.6, aspect=0.9, sharex=True, margin_titles=True)
     grid.set_axis_labels("F1 at the glitch ratio", "")
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
@@ -59,7 +66,7 @@ def bars(metrics: pd.DataFrame, path: str, signals: Sequence[str], title: str = 
 
 def _lines(data: pd.DataFrame, path: str, signals: Sequence[str], title: str, x: str, xlabel: str) -> None:
     """F1 of each signal (a line each, mean +/- sd over seeds) against ``x``, one panel per ``setting``."""
-    grid = sns.relplot(data=data, kind="line", x=x, y="f1", hue="Signal", hue_order=_order(signals),
+    grid = _seaborn().relplot(data=data, kind="line", x=x, y="f1", hue="Signal", hue_order=_order(signals),
                        col="setting", marker="o", errorbar="sd", height=3.6, aspect=1.25)
     grid.set_axis_labels(xlabel, "F1 at the glitch ratio")
     grid.set_titles("{col_name}")
@@ -83,11 +90,11 @@ def epochs(epoch_metrics: pd.DataFrame, path: str, signals: Sequence[str], title
     _lines(data, path, signals, title, "epoch", "epoch (single checkpoint)")
 
 
-def overview(summary: pd.DataFrame, path: str, signals: Sequence[str] = tuple(SIGNAL_LABELS)) -> None:
+def overview(summary: pd.DataFrame, path: str, signals: Sequence[str]) -> None:
     """Mean F1 (over seeds) of each signal, one panel per glitch type, bars per data set / model / ratio."""
     data = _labelled(summary, signals)
     data["setting"] = data["dataset"] + " / " + data["model"] + " / " + data["ratio"].astype(str) + " %"
-    grid = sns.catplot(data=data, kind="bar", x="f1_mean", y="Signal", hue="setting", col="Glitch", col_wrap=3,
+    grid = _seaborn().catplot(data=data, kind="bar", x="f1_mean", y="Signal", hue="setting", col="Glitch", col_wrap=3,
                        height=4, aspect=1.0, order=_order(signals))
     grid.set_axis_labels("F1 at the glitch ratio (mean over seeds)", "")
     grid.set_titles("{col_name}")
@@ -104,7 +111,21 @@ def accuracy_table(accuracy: pd.DataFrame, csv_path: str, markdown_path: str) ->
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in table.itertuples():
         cells = [f"{getattr(row, c + '_mean'):.3f} ± {getattr(row, c + '_std'):.3f}" for c in columns]
-        lines.append(f"| {row.dataset} | {row.model} | {GLITCH_LABELS.get(row.glitch, row.glitch)} | {row.ratio} | "
+        lines.append(f"| {row.dataset} | {row.model} | {GLITCHES.labels().get(row.glitch, row.glitch)} | {row.ratio} | "
                      + " | ".join(cells) + " |")
     write_text(markdown_path, "\n".join(lines) + "\n")
     return table
+
+
+@dataclass(frozen=True, kw_only=True)
+class FigureKind(Entry):
+    """A kind of figure: how it is drawn and which per-job file of metrics it reads."""
+
+    draw: Callable[[pd.DataFrame, str, Sequence[str], str], None]
+    per_job: str  # a file in each run folder
+
+
+FIGURE_KINDS: Registry[FigureKind] = Registry("figure kind")
+FIGURE_KINDS.add(FigureKind(name="bars", label="F1 per signal and model", draw=bars, per_job="metrics.csv"))
+FIGURE_KINDS.add(FigureKind(name="ratios", label="F1 against the glitch ratio", draw=ratios, per_job="metrics.csv"))
+FIGURE_KINDS.add(FigureKind(name="epochs", label="F1 per single epoch", draw=epochs, per_job="epoch_metrics.csv"))

@@ -1,31 +1,41 @@
-"""Influence signals: the study's four, the sign- and class-aware ones it calls for, and their dynamics.
+"""Scores per training row, one registry entry each (``SIGNALS``): influence signals, novelty and baselines.
 
-All scores are "higher = more suspicious" and computed in one blockwise pass over the train -> validation
-influence, accumulating per row and per validation class the helpful (positive) and harmful (negative)
-mass, in total and per checkpoint. Memory is O(T n C + block^2), whatever n x m.
+All scores are "higher = more suspicious". Each entry declares the inputs it needs; ``SignalInputs``
+computes each input once, on first request, for every signal that asks for it, so the pairwise pass over
+the train -> validation influence runs only when some selected signal needs |I| or its signed parts.
 
 Notation: I(i, j) = sum_t I_t(i, j) the TracIn influence of train row i on validation row j (positive =
-helpful, it lowers j's loss), P_ic / N_ic the sums of its positive / negative parts over validation rows of
-class c, y_i the row's observed label, m the number of validation rows.
+helpful, it lowers j's loss), S_ic = sum_{j in class c} I(i, j) the per-class sums (closed form, no
+pairwise pass), P_ic / N_ic the sums of its positive / negative parts over validation rows of class c,
+y_i the row's observed label, m the number of validation rows.
+
+With non-negative head inputs (ReLU or pooled-ReLU features: ``ModelSpec.nonnegative_head_inputs``),
+h_i . h_j + 1 > 0, so sign I_t(i, j) = sign(e_i . e_j), and for two rows of the same observed label c,
+e_i . e_j = sum_{k != c} p_ik p_jk + (1 - p_ic)(1 - p_jc) > 0: a row never harms validation rows of its
+own observed class (N_iy = 0). Signals built on "harm to the own class" are then degenerate; ours use
+help to the own class (P_iy) and harm to the others instead.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
-import torch
-from sklearn.neighbors import NearestNeighbors
 
 from .factors import FactorStore
+from .registry import Entry, Registry
 
-# The signals that exist per checkpoint as well as in total, in this order in per-epoch arrays.
-BASE_SIGNALS = ("si", "mi", "aai", "gd_class", "sign_aware", "class_sign_aware", "harm_other_classes")
+if TYPE_CHECKING:
+    import torch
+
+INPUTS = ("class_sums", "class_masses", "self_influence", "features", "logits")
 
 
 class InfluenceSource(Protocol):
-    """What the signals need: per-checkpoint influence tiles and self-influence (engine or Captum's)."""
+    """What the signals need: per-checkpoint influence tiles, class sums and self-influence (engine or Captum's)."""
 
     @property
     def n_checkpoints(self) -> int: ...
@@ -36,64 +46,118 @@ class InfluenceSource(Protocol):
     @property
     def n_val(self) -> int: ...
 
-    def blocks(self, row_block: int, col_block: int) -> Iterator[tuple[slice, slice, torch.Tensor]]: ...
+    def blocks(self, row_block: int, col_block: int) -> Any: ...
+
+    def class_sums(self, y_val: np.ndarray, n_classes: int) -> torch.Tensor: ...
 
     def self_influence(self) -> torch.Tensor: ...
 
 
-def accumulate_class_masses(source: InfluenceSource, y_val: np.ndarray, n_classes: int, row_block: int = 1024,
-                            col_block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass over all tiles: positive / negative influence mass per (row, validation class).
+class View:
+    """The influence inputs of one scope: the total over checkpoints (shape (n, ...)) or per checkpoint ((T, n, ...))."""
 
-    Returns P, N of the summed influence (n, C) and P_t, N_t per checkpoint (T, n, C).
-    """
-    device = source.self_influence().device
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(device), n_classes).float()
-    shape = (source.n_train, n_classes)
-    pos, neg = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
-    pos_t = torch.zeros((source.n_checkpoints, *shape), device=device)
-    neg_t = torch.zeros_like(pos_t)
-    for rows, cols, block in source.blocks(row_block, col_block):
-        classes = onehot[cols]
-        total = block.sum(0)
-        linear = total @ classes
-        positive = total.clamp_(min=0) @ classes
-        pos[rows] += positive
-        neg[rows] += linear - positive
-        linear_t = block @ classes
-        positive_t = block.clamp(min=0) @ classes
-        pos_t[:, rows] += positive_t
-        neg_t[:, rows] += linear_t - positive_t
-    return pos, neg, pos_t, neg_t
+    def __init__(self, inputs: SignalInputs, per_checkpoint: bool) -> None:
+        self._inputs, self._per_checkpoint = inputs, per_checkpoint
+        self.y_train: np.ndarray = inputs.y_train
+        self.n_val: int = inputs.n_val
+
+    def _pick(self, arrays: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return arrays[1] if self._per_checkpoint else arrays[0]
+
+    @property
+    def sums(self) -> np.ndarray:
+        return self._pick(self._inputs.class_sums)
+
+    @property
+    def pos(self) -> np.ndarray:
+        return self._pick(self._inputs.class_masses[0])
+
+    @property
+    def neg(self) -> np.ndarray:
+        return self._pick(self._inputs.class_masses[1])
+
+    @property
+    def si(self) -> np.ndarray:
+        si_t = self._inputs.self_influence
+        return si_t if self._per_checkpoint else si_t.sum(0)
+
+    @property
+    def own(self) -> np.ndarray:
+        """(n, C) mask of each row's observed class."""
+        mask = np.zeros((len(self.y_train), self._inputs.n_classes), dtype=bool)
+        mask[np.arange(len(self.y_train)), self.y_train] = True
+        return mask
 
 
-def signals_from_masses(pos: np.ndarray, neg: np.ndarray, self_influence: np.ndarray, y_train: np.ndarray,
-                        n_val: int) -> dict[str, np.ndarray]:
-    """The per-row signals from the class masses P, N (..., n, C) and self-influence (..., n).
+class SignalInputs:
+    """Every input a signal may need, each computed once on first use (float64 numpy arrays)."""
 
-    - si: Self-Influence, I(i, i) (Pruthi et al. 2020; the study's SI).
-    - mi: Marginal Influence, sum_j I(i, j) = sum_c P_ic + N_ic; helpful and harmful mass cancel.
-    - aai: Average Absolute Influence, mean_j |I(i, j)| = sum_c (P_ic - N_ic) / m.
-    - gd_class: minus the minimum over classes of the per-class sums, -min_c (P_ic + N_ic) (the study's
-      GD-class, after the class-wise gradient alignment of GradTail / Hammoudeh & Lowd).
-    - sign_aware: the harmful mass, -sum_c N_ic, free of MI's cancellation.
-    - class_sign_aware: harm on the row's own observed class plus help to the others,
-      -N_iy + sum_{c != y} P_ic, as the study's conclusion proposes.
-    - harm_other_classes: harm on validation rows of the other classes, -sum_{c != y} N_ic: a mislabelled
-      row pushes its features towards the wrong class and hurts the rows of its true class.
-    """
-    own = np.zeros(pos.shape[-2:], dtype=bool)
-    own[np.arange(len(y_train)), y_train] = True
-    per_class = pos + neg
-    return {
-        "si": self_influence,
-        "mi": per_class.sum(-1),
-        "aai": (pos - neg).sum(-1) / n_val,
-        "gd_class": -per_class.min(-1),
-        "sign_aware": -neg.sum(-1),
-        "class_sign_aware": -(neg * own).sum(-1) + (pos * ~own).sum(-1),
-        "harm_other_classes": -(neg * ~own).sum(-1),
-    }
+    def __init__(self, source: InfluenceSource, store: FactorStore, row_block: int = 1024, col_block: int = 1024,
+                 k_neighbours: int = 5, seed: int = 0) -> None:
+        self.source, self.store = source, store
+        self.row_block, self.col_block, self.k_neighbours, self.seed = row_block, col_block, k_neighbours, seed
+        self.y_train: np.ndarray = store.y_train
+        self.y_val: np.ndarray = store.y_val
+        self.n_val: int = len(store.y_val)
+        self.n_classes: int = store.meta.n_classes
+        self.total, self.per_checkpoint = View(self, False), View(self, True)
+
+    @cached_property
+    def class_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """S (n, C) and S_t (T, n, C): closed form e_i^T (sum_{j in c} e_j [h_j, 1]^T) [h_i, 1], no pairwise pass."""
+        per_t = self.source.class_sums(self.y_val, self.n_classes).cpu().numpy().astype(np.float64)
+        return per_t.sum(0), per_t
+
+    @cached_property
+    def class_masses(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """(P, P_t), (N, N_t): positive and negative mass per validation class, from one pairwise pass."""
+        from .influence import class_masses
+
+        pos, neg, pos_t, neg_t = (a.cpu().numpy().astype(np.float64) for a in
+                                  class_masses(self.source, self.y_val, self.n_classes, self.row_block, self.col_block))
+        return (pos, pos_t), (neg, neg_t)
+
+    @cached_property
+    def self_influence(self) -> np.ndarray:
+        """(T, n), weighted by each checkpoint's w_t."""
+        return self.source.self_influence().cpu().numpy().astype(np.float64)
+
+    @property
+    def unweighted_self_influence(self) -> np.ndarray:
+        """(T, n) with w_t divided out, so trajectories are comparable across learning rates."""
+        return self.self_influence / np.asarray(self.store.meta.weights, dtype=np.float64)[:, None]
+
+    @cached_property
+    def features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Penultimate features of train and validation rows at the last checkpoint."""
+        last = self.store.n_checkpoints - 1
+        return self.store.read("train_features", last), self.store.read("val_features", last)
+
+    @cached_property
+    def logits(self) -> np.ndarray:
+        """Training rows' logits at every checkpoint (T, n, C)."""
+        return self.store.all("train_logits")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signal(Entry):
+    """A score per training row: what it needs and how it is computed (from a ``View``, or from all inputs)."""
+
+    needs: tuple[str, ...]
+    kind: Literal["influence", "dynamics", "novelty", "baseline"]
+    of_view: Callable[[View], np.ndarray] | None = None  # influence signals: also per checkpoint ("<name>_first")
+    of_inputs: Callable[[SignalInputs], np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.of_view is None) == (self.of_inputs is None):
+            raise ValueError(f"signal {self.name}: give exactly one of of_view / of_inputs")
+        unknown = set(self.needs) - set(INPUTS)
+        if unknown:
+            raise ValueError(f"signal {self.name}: unknown inputs {sorted(unknown)}; known: {INPUTS}")
+
+    @property
+    def per_checkpoint(self) -> bool:
+        return self.of_view is not None
 
 
 def slope(values: np.ndarray) -> np.ndarray:
@@ -103,44 +167,114 @@ def slope(values: np.ndarray) -> np.ndarray:
     return (t[:, None] * values).sum(0) / max(float((t**2).sum()), 1e-12)
 
 
-def representation_signals(store: FactorStore, k_neighbours: int = 5) -> dict[str, np.ndarray]:
-    """Novelty from the final checkpoint, for anomalies that no influence signal catches.
+def _trapezoid(values: np.ndarray) -> np.ndarray:
+    return np.asarray(np.trapezoid(values, axis=0)) if len(values) > 1 else values[0]
 
-    - knn_distance: mean distance of a row's penultimate features to its k nearest validation rows.
-    - grad_norm: the norm of its last-layer gradient, |e| sqrt(|h|^2 + 1).
-    """
-    last = store.n_checkpoints - 1
-    train_features, val_features = store.read("train_features", last), store.read("val_features", last)
-    neighbours = NearestNeighbors(n_neighbors=min(k_neighbours, len(val_features))).fit(val_features)
+
+def knn_distance(inputs: SignalInputs) -> np.ndarray:
+    """Mean distance of a row's penultimate features to its k nearest validation rows."""
+    from sklearn.neighbors import NearestNeighbors
+
+    train_features, val_features = inputs.features
+    neighbours = NearestNeighbors(n_neighbors=min(inputs.k_neighbours, len(val_features))).fit(val_features)
     distances, _ = neighbours.kneighbors(train_features)
-    logits = torch.from_numpy(store.read("train_logits", last))
-    errors = torch.softmax(logits, -1) - torch.nn.functional.one_hot(torch.from_numpy(store.y_train), logits.shape[-1])
-    grad_norm = errors.norm(dim=-1).numpy() * np.sqrt((train_features.astype(np.float64) ** 2).sum(-1) + 1)
-    return {"knn_distance": distances.mean(1), "grad_norm": grad_norm}
+    return distances.mean(1)
 
 
-def compute(source: InfluenceSource, store: FactorStore, row_block: int = 1024, col_block: int = 1024,
-            k_neighbours: int = 5) -> tuple[pd.DataFrame, np.ndarray]:
-    """All influence signals per training row, and the per-checkpoint ones as an array (T, n, S).
+def grad_norm(inputs: SignalInputs) -> np.ndarray:
+    """The norm of a row's last-layer gradient at the last checkpoint, |e| sqrt(|h|^2 + 1)."""
+    from scipy.special import softmax
 
-    Training-dynamics signals: ``<signal>_first`` (the first checkpoint alone: the study finds early
-    epochs reveal near-CA that the cumulative score hides) and, for SI on the learning-rate-free scale,
-    ``si_max``, ``si_area`` (trapezoid area under the per-checkpoint curve) and ``si_slope``.
+    logits = inputs.logits[-1].astype(np.float64)
+    errors = softmax(logits, axis=-1)
+    errors[np.arange(len(inputs.y_train)), inputs.y_train] -= 1.0
+    features = inputs.features[0].astype(np.float64)
+    return np.linalg.norm(errors, axis=-1) * np.sqrt((features**2).sum(-1) + 1)
+
+
+def _baselines() -> Any:
+    """The baselines module, imported when a baseline is computed (it needs scikit-learn and cleanlab)."""
+    from . import baselines
+
+    return baselines
+
+
+SIGNALS: Registry[Signal] = Registry("signal")
+_add = SIGNALS.add
+_add(Signal(name="si", label="Self-Influence", needs=("self_influence",), kind="influence",
+            of_view=lambda v: v.si))  # I(i, i) (Pruthi et al. 2020; the study's SI)
+_add(Signal(name="mi", label="Marginal Infl.", needs=("class_sums",), kind="influence",
+            of_view=lambda v: v.sums.sum(-1)))  # sum_j I(i, j): helpful and harmful mass cancel
+_add(Signal(name="aai", label="Avg. Abs. Infl.", needs=("class_masses",), kind="influence",
+            of_view=lambda v: (v.pos - v.neg).sum(-1) / v.n_val))  # mean_j |I(i, j)|
+_add(Signal(name="gd_class", label="GD-class", needs=("class_sums",), kind="influence",
+            of_view=lambda v: -v.sums.min(-1)))  # -min_c S_ic (the study's GD-class)
+_add(Signal(name="sign_aware", label="Sign-aware", needs=("class_masses",), kind="influence",
+            of_view=lambda v: -v.neg.sum(-1)))  # the harmful mass -sum_c N_ic, free of MI's cancellation
+# Help to the other classes minus help to the own: a mislabelled row's features belong to another class,
+# so its gradient helps that class's validation rows and barely its (wrong) own. Not degenerate when N_iy = 0.
+_add(Signal(name="class_contrast", label="Other- vs own-class help", needs=("class_masses",), kind="influence",
+            of_view=lambda v: (v.pos * ~v.own).max(-1) - (v.pos * v.own).sum(-1)))
+# The largest harm to one other class, relative to the row's help to its own: harm concentrated on one
+# class (a mislabel's true class) rather than spread thin (a hard but correct row).
+_add(Signal(name="harm_concentration", label="Concentrated harm", needs=("class_masses",), kind="influence",
+            of_view=lambda v: (-v.neg * ~v.own).max(-1) / ((v.pos * v.own).sum(-1) + (-v.neg).sum(-1) + 1e-12)))
+_add(Signal(name="si_max", label="SI, max over epochs", needs=("self_influence",), kind="dynamics",
+            of_inputs=lambda i: i.unweighted_self_influence.max(0)))
+_add(Signal(name="si_area", label="SI, area over epochs", needs=("self_influence",), kind="dynamics",
+            of_inputs=lambda i: _trapezoid(i.unweighted_self_influence)))
+_add(Signal(name="si_slope", label="SI slope", needs=("self_influence",), kind="dynamics",
+            of_inputs=lambda i: slope(i.unweighted_self_influence)))
+_add(Signal(name="knn_distance", label="kNN distance", needs=("features",), kind="novelty", of_inputs=knn_distance))
+_add(Signal(name="grad_norm", label="Gradient norm", needs=("features", "logits"), kind="novelty", of_inputs=grad_norm))
+_add(Signal(name="loss", label="Loss", needs=("logits",), kind="baseline",
+            of_inputs=lambda i: _baselines().final_loss(i.logits[-1], i.y_train)))
+_add(Signal(name="aum", label="AUM", needs=("logits",), kind="baseline",
+            of_inputs=lambda i: _baselines().area_under_margin(i.logits, i.y_train)))
+_add(Signal(name="confident_learning", label="Confident learning", needs=("features",), kind="baseline",
+            of_inputs=lambda i: _baselines().confident_learning(i.features[0], i.y_train, i.n_classes, i.seed)))
+_add(Signal(name="isolation_forest", label="Isolation Forest", needs=("features",), kind="baseline",
+            of_inputs=lambda i: _baselines().isolation_forest(i.features[0], i.seed)))
+
+FIRST_SUFFIX = "_first"  # "<signal>_first": the signal from the first checkpoint alone (the study's early-epoch view)
+
+
+def per_checkpoint_names(names: Sequence[str] | None = None) -> list[str]:
+    """The selected signals that exist per checkpoint, in registry order."""
+    return [s.name for s in SIGNALS if s.per_checkpoint and (names is None or s.name in names)]
+
+
+def score_names(names: Sequence[str] | None = None) -> list[str]:
+    """Every column ``compute`` writes for the selected signals: each signal, then each ``<signal>_first``."""
+    chosen = [s.name for s in SIGNALS if names is None or s.name in names]
+    return [*chosen, *(f"{n}{FIRST_SUFFIX}" for n in per_checkpoint_names(names))]
+
+
+def labels() -> dict[str, str]:
+    """Plot labels of every score column, derived ones included."""
+    out = SIGNALS.labels()
+    out.update({f"{s.name}{FIRST_SUFFIX}": f"{s.label}, first epoch" for s in SIGNALS if s.per_checkpoint})
+    return out
+
+
+def compute(inputs: SignalInputs, names: Sequence[str] | None = None) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """The selected signals (all by default) per training row; the per-checkpoint ones also as (T, n, S).
+
+    Returns the score table (``row`` plus one column per score), the per-checkpoint array and its signal names.
     """
-    y_train, y_val = store.y_train, store.y_val
-    n_classes = store.meta.n_classes
-    pos, neg, pos_t, neg_t = (a.cpu().numpy().astype(np.float64)
-                              for a in accumulate_class_masses(source, y_val, n_classes, row_block, col_block))
-    si_t = source.self_influence().cpu().numpy().astype(np.float64)
-    total = signals_from_masses(pos, neg, si_t.sum(0), y_train, len(y_val))
-    per_checkpoint = signals_from_masses(pos_t, neg_t, si_t, y_train, len(y_val))
-    per_epoch = np.stack([per_checkpoint[name] for name in BASE_SIGNALS], axis=-1)
-    scores: dict[str, np.ndarray] = dict(total)
-    scores.update({f"{name}_first": per_checkpoint[name][0] for name in BASE_SIGNALS})
-    unweighted_si = si_t / np.asarray(store.meta.weights, dtype=np.float64)[:, None]
-    scores["si_max"] = unweighted_si.max(0)
-    scores["si_area"] = np.asarray(np.trapezoid(unweighted_si, axis=0)) if len(unweighted_si) > 1 else unweighted_si[0]
-    scores["si_slope"] = slope(unweighted_si)
-    scores.update(representation_signals(store, k_neighbours))
-    frame = pd.DataFrame({"row": np.arange(len(y_train)), **scores})
-    return frame, per_epoch.astype(np.float32)
+    chosen = [SIGNALS[name] for name in (names if names is not None else SIGNALS.names())]
+    scores: dict[str, np.ndarray] = {}
+    for signal in chosen:
+        if signal.of_view is not None:
+            scores[signal.name] = signal.of_view(inputs.total)
+        else:
+            assert signal.of_inputs is not None
+            scores[signal.name] = signal.of_inputs(inputs)
+    stepwise = [s for s in chosen if s.of_view is not None]
+    per_epoch = np.zeros((inputs.store.n_checkpoints, len(inputs.y_train), len(stepwise)), dtype=np.float32)
+    for index, signal in enumerate(stepwise):
+        assert signal.of_view is not None
+        per_epoch[:, :, index] = signal.of_view(inputs.per_checkpoint)
+        scores[f"{signal.name}{FIRST_SUFFIX}"] = per_epoch[0, :, index].astype(np.float64)
+    frame = pd.DataFrame({"row": np.arange(len(inputs.y_train)), **scores})
+    return frame, per_epoch, [s.name for s in stepwise]

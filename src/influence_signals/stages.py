@@ -18,24 +18,29 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import datasets, glitches, metrics
+from . import datasets, glitches, metrics, signals
 from .artifacts import load_npz, save_npz, write_csv
 from .factors import FactorStore
 
 if TYPE_CHECKING:
-    from .models import AdaptedModel
+    from .networks import AdaptedModel
 
 log = logging.getLogger("influence_signals")
 
 
 def prepare(dataset: str, spec: Mapping[str, Any], data_dir: str, download: bool, fraction: float,
-            val_fraction: float, seed: int, train: str, val: str) -> None:
-    """Load a data set, take the stratified subsample and write the train / validation splits."""
-    data = datasets.load(dataset, spec, data_dir, download)
-    train_set, val_set = datasets.prepare(data, fraction, val_fraction, seed)
-    log.info("%s: %d train and %d validation rows, %d classes", dataset, len(train_set.y), len(val_set.y), data.n_classes)
+            val_fraction: float, seed: int, train: str, val: str, pool: str) -> None:
+    """Load a data set, take the stratified subsample and write the train / validation splits and the pool.
+
+    The pool holds the rows no model of this split trains on (a far-CA source draws from it).
+    """
+    loaded = datasets.load_split(dataset, spec, data_dir, download)
+    train_set, val_set, pool_set = datasets.prepare(loaded, fraction, val_fraction, seed)
+    log.info("%s: %d train, %d validation and %d held-out rows, %d classes", dataset, len(train_set.y), len(val_set.y),
+             len(pool_set.y), train_set.n_classes)
     datasets.save(train, train_set)
     datasets.save(val, val_set)
+    datasets.save(pool, pool_set)
 
 
 def inject(clean_train: str, glitch: str, ratio: int, seed: int, options: Mapping[str, Any], glitched_train: str,
@@ -67,30 +72,21 @@ def _train_settings(settings: Mapping[str, Any], seed: int) -> Any:
 
 
 def _load_pretrained(net: AdaptedModel, model: str, pretrained: str | None, path: str | None, download: bool) -> None:
-    import torch
-
+    """Start from published weights (``torchvision``, ``hub``), the pretrain stage's (``pipeline``) or a file."""
     from . import models, training
 
     if pretrained in (None, "none"):
         return
-    if pretrained == "torchvision":
-        models.load_backbone(net, models.torchvision_weights(model, download), f"torchvision:{model}")
+    if pretrained in ("torchvision", "hub"):
+        models.load_backbone(net, models.published_weights(model, download), f"{pretrained}:{model}")
         return
     if pretrained == "pipeline":
         if path is None:
             raise ValueError(f"{model}: `pretrained: pipeline` needs the pretrain stage's checkpoints")
-        source = str(training.epoch_checkpoints(path)[-1])
+        source = str(training.verified_checkpoints(path)[-1])
     else:
         source = pretrained
-    try:
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{model}: pre-trained weights {source} not found") from err
-    if "model_state_dict" in payload:  # a checkpoint of this pipeline
-        state = {k.removeprefix("net."): v for k, v in payload["model_state_dict"].items() if k.startswith("net.")}
-    else:  # a plain state dict of the network, e.g. published CIFAR ResNet-20 weights
-        state = payload
-    models.load_backbone(net, state, str(source))
+    models.load_backbone(net, models.weights_file(source, net), source)
 
 
 def train(train_set: str, val_set: str, model: str, settings: Mapping[str, Any], seed: int, download: bool,
@@ -106,37 +102,40 @@ def train(train_set: str, val_set: str, model: str, settings: Mapping[str, Any],
 
 
 def compute_influence(train_set: str, val_set: str, checkpoints: str, model: str, settings: Mapping[str, Any],
-                      seed: int, backend: str, weighting: str, batch_size: int, device: str, write_matrix: bool,
-                      factors: str) -> None:
-    """TracIn factors (and Captum's matrices, or the full matrix, if asked) from a run's epoch checkpoints."""
-    from . import influence, training
+                      seed: int, backend: str, weighting: str, device: str, write_matrix: bool, factors: str) -> None:
+    """TracIn factors (and Captum's matrices, or the full matrix, if asked) from a run's verified checkpoints."""
+    from . import influence, models, training
 
     train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
     net = _build(model, train_data, settings, seed)
-    paths = training.epoch_checkpoints(checkpoints)
-    influence.compute(net, paths, train_data, val_data, factors, backend, weighting, batch_size, device)
+    models.set_trainable(net, settings.get("trainable"))  # a frozen trunk's output is computed once
+    paths = training.verified_checkpoints(checkpoints)
+    influence.compute(net, paths, train_data, val_data, factors, backend, weighting, settings["batch_size"], device)
     if write_matrix:
         influence.write_matrix(Path(factors) / "matrix.npz", influence.TracInEngine(FactorStore(factors), device))
 
 
-def compute_signals(factors: str, seed: int, row_block: int, col_block: int, k_neighbours: int, use_baselines: bool,
-                    device: str, scores: str, per_epoch: str) -> None:
-    """Every influence signal and baseline score per training row."""
-    from . import baselines, influence, signals
+def compute_signals(factors: str, train_set: str, seed: int, row_block: int, col_block: int, k_neighbours: int,
+                    use_baselines: bool, names: Sequence[str] | None, device: str, scores: str, per_epoch: str) -> None:
+    """Every selected signal per training row (each input computed once), with the row's id and labels."""
+    from . import influence
 
     store = FactorStore(factors)
-    table, per_checkpoint = signals.compute(influence.open_influence(factors, device), store, row_block, col_block, k_neighbours)
-    if use_baselines:
-        table = table.merge(baselines.compute(store, seed), on="row")
+    chosen = [s.name for s in signals.SIGNALS if (names is None or s.name in names)
+              and (use_baselines or s.kind != "baseline")]
+    inputs = signals.SignalInputs(influence.open_influence(factors, device), store, row_block, col_block, k_neighbours, seed)
+    table, per_checkpoint, stepwise = signals.compute(inputs, chosen)
+    table.insert(1, "id", datasets.load_saved(train_set).ids)
+    table.insert(2, "observed_label", store.y_train)
     write_csv(scores, table)
-    save_npz(per_epoch, scores=per_checkpoint, signals=np.array(signals.BASE_SIGNALS), epochs=np.array(store.meta.epochs))
+    save_npz(per_epoch, scores=per_checkpoint, signals=np.array(stepwise), epochs=np.array(store.meta.epochs))
 
 
 def evaluate(scores: str, errors: str, per_epoch: str, factors: str, val_set: str, metrics_out: str,
              epoch_metrics: str, accuracy: str, curves: str) -> None:
     """F1 / AP / AUROC of every score; found-vs-inspected curves; per-epoch F1; accuracy (the study's Table 1)."""
     table = pd.read_csv(errors)
-    score_table = pd.read_csv(scores)
+    score_table = pd.read_csv(scores).drop(columns=["id", "observed_label"])
     write_csv(metrics_out, metrics.evaluate(score_table, table))
     write_csv(curves, metrics.curves(score_table, table))
     arrays = load_npz(per_epoch)
@@ -160,7 +159,7 @@ JOB_KEYS = ("dataset", "model", "glitch", "ratio")
 
 
 def aggregate(metric_files: Sequence[str], accuracy_files: Sequence[str], jobs: Sequence[Mapping[str, Any]],
-              summary: str, accuracy_summary: str, figure: str) -> None:
+              shown: Sequence[str], summary: str, accuracy_summary: str, figure: str) -> None:
     """Mean and sd over seeds of every metric, and the overview figure."""
     from . import plots
 
@@ -169,17 +168,15 @@ def aggregate(metric_files: Sequence[str], accuracy_files: Sequence[str], jobs: 
     accuracy = _with_job(accuracy_files, jobs)
     accuracy_table = metrics.summarise(accuracy, JOB_KEYS, [c for c in accuracy.columns if c.startswith("accuracy")])
     write_csv(accuracy_summary, accuracy_table)
-    plots.overview(table, figure)
+    plots.overview(table, figure, shown)
 
 
-def figure(metric_files: Sequence[str], jobs: Sequence[Mapping[str, Any]], kind: str, signals: Sequence[str],
+def figure(metric_files: Sequence[str], jobs: Sequence[Mapping[str, Any]], kind: str, shown: Sequence[str],
            title: str, figure_out: str) -> None:
-    """One of the study's figures from its jobs' metrics (``epoch_metrics.csv`` files for kind ``epochs``)."""
+    """One of the study's figures from its jobs' per-job metrics (the file its kind declares)."""
     from . import plots
 
-    if kind not in plots.KINDS:
-        raise ValueError(f"unknown figure kind {kind!r}; known: {plots.KINDS}")
-    getattr(plots, kind)(_with_job(metric_files, jobs), figure_out, signals, title)
+    plots.FIGURE_KINDS[kind].draw(_with_job(metric_files, jobs), figure_out, shown, title)
 
 
 def table(accuracy_files: Sequence[str], jobs: Sequence[Mapping[str, Any]], table_csv: str, table_md: str) -> None:
@@ -206,4 +203,8 @@ def run_from_snakemake(smk: Any, stage: Callable[..., None]) -> None:
         sys.modules["torch"].set_num_threads(int(threads))
     kwargs = {**dict(smk.input.items()), **dict(smk.output.items()), **dict(smk.params.items())}
     accepted = inspect.signature(stage).parameters
-    stage(**{k: v for k, v in kwargs.items() if k in accepted})
+    try:
+        stage(**{k: v for k, v in kwargs.items() if k in accepted})
+    except Exception:
+        log.exception("%s failed", stage.__name__)  # into the job's log, which Snakemake points the user to
+        raise

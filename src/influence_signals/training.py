@@ -3,17 +3,26 @@
 Checkpoints are dicts ``{"model_state_dict", "learning_rate", "epoch", "step"}``: the learning rate in
 force is what TracIn weights each checkpoint by, and Captum's loaders read the same keys. Shuffling and
 dropout are seeded per epoch, so a run resumed from its last checkpoint ends bit-identical to one that
-never stopped.
+never stopped. A run writes into ``<folder>.partial`` under an exclusive lock and renames it to
+``<folder>`` only when every epoch is saved and ``manifest.json`` (epoch, file, size, hash) is written
+last; readers verify the manifest, so a killed, racing or tampered run is never taken for a finished one.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import logging
+import os
 import pickle
 import re
+import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,10 +31,12 @@ import torch.nn.functional as F
 
 from .artifacts import ArtifactError, atomic_path
 from .datasets import DataSet
-from .models import AdaptedModel, set_trainable
+from .models import set_trainable
+from .networks import AdaptedModel
 
 log = logging.getLogger(__name__)
 CHECKPOINT = re.compile(r"epoch(\d{3})_step(\d{7})\.pt$")
+MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -57,14 +68,70 @@ def checkpoint_paths(folder: str | Path) -> list[Path]:
 
 
 def epoch_checkpoints(folder: str | Path) -> list[Path]:
-    """The checkpoints saved at the end of each epoch, in order."""
+    """The checkpoints saved at the end of each epoch, in order; epochs must run 1..N without a gap."""
     paths = checkpoint_paths(folder)
     ends: dict[int, Path] = {}
     for path in paths:
         match = CHECKPOINT.search(path.name)
         assert match is not None
         ends[int(match.group(1))] = path
-    return [ends[e] for e in sorted(ends)]
+    epochs = sorted(ends)
+    if epochs != list(range(1, len(epochs) + 1)):
+        raise ArtifactError(f"{folder}: epoch checkpoints {epochs} have a gap; expected epochs 1..{len(epochs)}")
+    return [ends[e] for e in epochs]
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, epochs: int) -> None:
+    """List every checkpoint with its epoch, size and hash; written last, so it marks a finished run."""
+    paths = checkpoint_paths(folder)
+    entries = [{"file": p.name, "epoch": int(CHECKPOINT.search(p.name).group(1)),  # type: ignore[union-attr]
+                "bytes": p.stat().st_size, "sha256": _digest(p)} for p in paths]
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"epochs": epochs, "checkpoints": entries}, indent=1))
+
+
+def verified_checkpoints(folder: str | Path) -> list[Path]:
+    """The epoch checkpoints of a finished run, after checking them against its manifest (size and hash)."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder} has no {MANIFEST}: the training run did not finish; rerun the train job") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{folder}/{MANIFEST} is corrupt ({err}); rerun the train job") from None
+    for entry in manifest["checkpoints"]:
+        path = folder / entry["file"]
+        if not path.exists():
+            raise ArtifactError(f"{path} listed in the manifest is missing; rerun the train job")
+        if path.stat().st_size != entry["bytes"] or _digest(path) != entry["sha256"]:
+            raise ArtifactError(f"{path} differs from the manifest (corrupt or edited); rerun the train job")
+    paths = epoch_checkpoints(folder)
+    if len(paths) != manifest["epochs"]:
+        raise ArtifactError(f"{folder}: {len(paths)} epoch checkpoints but the run trained {manifest['epochs']} epochs")
+    return paths
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder``'s lock file, or fail if another live process holds it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArtifactError(f"another process is training into {folder}; wait for it or kill it first") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, learning_rate: float, epoch: int, step: int,
@@ -79,10 +146,16 @@ def save_checkpoint(path: Path, model: torch.nn.Module, learning_rate: float, ep
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> float:
     """Load a checkpoint into ``model`` and return its learning rate (Captum's loader contract)."""
+    return float(read_checkpoint(model, path)["learning_rate"])
+
+
+def read_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` and return the rest of it (learning rate, epoch, step, metrics)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(payload["model_state_dict"])
-        return float(payload["learning_rate"])
+        float(payload["learning_rate"]), int(payload["epoch"])
+        return {k: v for k, v in payload.items() if k != "model_state_dict"}
     except FileNotFoundError as err:
         raise ArtifactError(f"missing checkpoint {path}") from err
     except (RuntimeError, KeyError, EOFError, TypeError, ValueError, OSError, pickle.UnpicklingError) as err:
@@ -95,75 +168,155 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Itera
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: DataSet, device: torch.device, batch_size: int = 512) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``data`` in eval mode."""
+def evaluate(forward: Callable[..., torch.Tensor], model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             device: torch.device, batch_size: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``forward`` on rows ``x`` in eval mode."""
     model.eval()
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
     loss, correct = 0.0, 0
     for rows in batches(len(y), batch_size, None):
-        logits = model(x[rows].to(device))
+        logits = forward(x[rows].to(device))
         target = y[rows].to(device)
         loss += float(F.cross_entropy(logits, target, reduction="sum"))
         correct += int((logits.argmax(1) == target).sum())
     return loss / max(1, len(y)), correct / max(1, len(y))
 
 
+def frozen_blocks(model: AdaptedModel) -> int:
+    """How many leading blocks of a block-structured network (ResNet-20) are frozen, stem included; else 0."""
+    net = model.net
+    if not hasattr(net, "trunk"):
+        return 0
+    if any(p.requires_grad for name, p in net.named_parameters() if name.split(".")[0] in ("conv1", "bn1")):
+        return 0
+    count = 0
+    for block in net.blocks():  # type: ignore[operator]
+        if any(p.requires_grad for p in block.parameters()):
+            break
+        count += 1
+    return count
+
+
+def frozen_state(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Parameters and buffers of the modules with no trainable parameter: what a cached trunk output depends on."""
+    state = []
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            state.extend([*own, *module.buffers(recurse=False)])
+    return state
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """Train mode for what is trained; frozen modules stay in eval mode (their BatchNorm statistics too)."""
+    model.train()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            module.eval()
+
+
+@torch.no_grad()
+def frozen_inputs(model: AdaptedModel, x: torch.Tensor, blocks: int, device: torch.device,
+                  batch_size: int = 512) -> torch.Tensor:
+    """The frozen trunk's output for every row, computed once: exact, since frozen layers run in eval mode."""
+    was_training = model.training
+    model.eval()
+    parts = [model.net.trunk(model.adapter(x[start : start + batch_size].to(device)), blocks)  # type: ignore[operator]
+             for start in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+def forward_on(model: AdaptedModel, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+    """The rows to feed and the function to feed them to: the trainable top on cached trunk outputs where possible."""
+    blocks = frozen_blocks(model)
+    if blocks == 0:
+        return x, model
+    return frozen_inputs(model, x, blocks, device), lambda inputs: model.net.top(inputs, blocks)  # type: ignore[operator]
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+def _take_over(folder: Path, partial: Path) -> None:
+    """Resume from a finished run (more epochs asked) or a killed one: keep its gap-free prefix of epochs."""
+    if folder.exists() and not partial.exists():
+        os.replace(folder, partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / MANIFEST).unlink(missing_ok=True)
+    for stray in partial.glob(".*"):  # half-written temporary files of a killed run
+        stray.unlink(missing_ok=True)
+    ends = {int(CHECKPOINT.search(p.name).group(1)): p for p in checkpoint_paths(partial)}  # type: ignore[union-attr]
+    prefix = 0
+    while prefix + 1 in ends:
+        prefix += 1
+    for path in checkpoint_paths(partial):
+        if int(CHECKPOINT.search(path.name).group(1)) > prefix:  # type: ignore[union-attr]
+            path.unlink()
+
+
 def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: TrainSettings,
           checkpoint_dir: str | Path) -> pd.DataFrame:
-    """Train ``model`` with SGD, writing checkpoints into ``checkpoint_dir``; resume from the last epoch there.
+    """Train ``model`` with SGD into ``checkpoint_dir``; resume from the last complete epoch of an earlier run.
 
     Returns the per-epoch history (loss and accuracy on train and validation, seconds).
     """
     folder = Path(checkpoint_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(folder.name + ".partial")
     device = resolve_device(settings.device)
     trainable = set_trainable(model, settings.trainable)
     log.info("training %d parameter tensors: %s", len(trainable), ", ".join(trainable[:8]))
-    done = epoch_checkpoints(folder)
-    start_epoch, step = 1, 0
-    if done:
-        payload = torch.load(done[-1], map_location="cpu", weights_only=True)
-        load_checkpoint(model, done[-1])
-        start_epoch, step = int(payload["epoch"]) + 1, int(payload["step"])
-        log.info("resuming after epoch %d from %s", start_epoch - 1, done[-1])
-    model.to(device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=settings.lr, momentum=0.0)
-    x, y = torch.from_numpy(train_set.x), torch.from_numpy(train_set.y)
-    for epoch in range(start_epoch, settings.epochs + 1):
-        began = time.perf_counter()
-        generator = torch.Generator().manual_seed(_epoch_seed(settings.seed, epoch))
-        torch.manual_seed(_epoch_seed(settings.seed, epoch))
-        model.train()
-        running_loss, running_correct = 0.0, 0
-        for rows in batches(len(y), settings.batch_size, generator):
-            inputs, target = x[rows].to(device), y[rows].to(device)
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            running_loss += float(loss.detach()) * len(rows)
-            running_correct += int((logits.argmax(1) == target).sum())
-            every = settings.checkpoint_every_steps
-            if every and step % every == 0:
-                save_checkpoint(folder / f"epoch{epoch:03d}_step{step:07d}.pt", model, settings.lr, epoch, step)
-        val_loss, val_acc = evaluate(model, val_set, device)
-        row = {"epoch": epoch, "train_loss": running_loss / len(y), "train_accuracy": running_correct / len(y),
-               "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - began}
-        if not np.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (non-finite loss); lower the learning rate")
-        save_checkpoint(folder / f"epoch{epoch:03d}_step{step:07d}.pt", model, settings.lr, epoch, step, row)
-        log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.2fs", epoch, row["train_loss"],
-                 row["train_accuracy"], val_loss, val_acc, row["seconds"])
+    with exclusive(folder):
+        _take_over(folder, partial)
+        done = epoch_checkpoints(partial)
+        start_epoch, step = 1, 0
+        if done:
+            payload = torch.load(done[-1], map_location="cpu", weights_only=True)
+            load_checkpoint(model, done[-1])
+            start_epoch, step = int(payload["epoch"]) + 1, int(payload["step"])
+            log.info("resuming after epoch %d from %s", start_epoch - 1, done[-1])
+        model.to(device)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=settings.lr, momentum=0.0)
+        x, forward = forward_on(model, torch.from_numpy(train_set.x), device)
+        val_x, _ = forward_on(model, torch.from_numpy(val_set.x), device)
+        y, val_y = torch.from_numpy(train_set.y), torch.from_numpy(val_set.y)
+        for epoch in range(start_epoch, settings.epochs + 1):
+            began = time.perf_counter()
+            generator = torch.Generator().manual_seed(_epoch_seed(settings.seed, epoch))
+            torch.manual_seed(_epoch_seed(settings.seed, epoch))
+            train_mode(model)
+            running_loss, running_correct = 0.0, 0
+            for rows in batches(len(y), settings.batch_size, generator):
+                inputs, target = x[rows].to(device), y[rows].to(device)
+                logits = forward(inputs)
+                loss = F.cross_entropy(logits, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                running_loss += float(loss.detach()) * len(rows)
+                running_correct += int((logits.argmax(1) == target).sum())
+                every = settings.checkpoint_every_steps
+                if every and step % every == 0:
+                    save_checkpoint(partial / f"epoch{epoch:03d}_step{step:07d}.pt", model, settings.lr, epoch, step)
+            val_loss, val_acc = evaluate(forward, model, val_x, val_y, device)
+            row = {"epoch": epoch, "train_loss": running_loss / len(y), "train_accuracy": running_correct / len(y),
+                   "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - began}
+            if not np.isfinite(row["train_loss"]):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (non-finite loss); lower the learning rate")
+            save_checkpoint(partial / f"epoch{epoch:03d}_step{step:07d}.pt", model, settings.lr, epoch, step, row)
+            log.info("epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.2fs", epoch, settings.epochs,
+                     row["train_loss"], row["train_accuracy"], val_loss, val_acc, row["seconds"])
+        write_manifest(partial, settings.epochs)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
     return history(folder)
 
 
 def history(checkpoint_dir: str | Path) -> pd.DataFrame:
     """Per-epoch loss and accuracy of a run, read back from its epoch checkpoints."""
-    rows = [torch.load(p, map_location="cpu", weights_only=True).get("metrics", {}) for p in epoch_checkpoints(checkpoint_dir)]
+    rows = [torch.load(p, map_location="cpu", weights_only=True).get("metrics", {})
+            for p in verified_checkpoints(checkpoint_dir)]
     return pd.DataFrame(rows)

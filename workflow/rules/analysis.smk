@@ -4,6 +4,7 @@
 rule signals:
     input:
         factors=RUN + "/influence",
+        train_set=GLITCHED + "/train.npz",
     output:
         scores=RUN + "/scores.csv",
         per_epoch=RUN + "/per_epoch.npz",
@@ -13,12 +14,13 @@ rule signals:
         col_block=config["signals"]["col_block"],
         k_neighbours=config["signals"]["k_neighbours"],
         use_baselines=config["signals"]["baselines"],
+        names=config["signals"]["names"],
         device=config["device"],
-        code=code(["compute_signals"], "factors", "influence", "signals", "baselines"),
+        code=stage_fingerprint("compute_signals"),
     log:
-        RUN.replace("results/runs", "results/logs/signals") + ".log",
+        log_path("signals"),
     benchmark:
-        RUN.replace("results/runs", "results/benchmarks/signals") + ".tsv"
+        benchmark_path("signals")
     threads: threads_for("signals")
     conda:
         "../../envs/pipeline.yaml"
@@ -32,18 +34,18 @@ rule evaluate:
         per_epoch=RUN + "/per_epoch.npz",
         errors=GLITCHED + "/errors.csv",
         factors=RUN + "/influence",
-        val_set=DATA + "/val.npz",
+        val_set=lambda w: data_path(w.dataset, w.seed, "val"),
     output:
         metrics_out=RUN + "/metrics.csv",
         epoch_metrics=RUN + "/epoch_metrics.csv",
         accuracy=RUN + "/accuracy.csv",
         curves=RUN + "/curves.csv",
     params:
-        code=code(["evaluate"], "datasets", "factors", "metrics"),
+        code=stage_fingerprint("evaluate"),
     log:
-        RUN.replace("results/runs", "results/logs/evaluate") + ".log",
+        log_path("evaluate"),
     benchmark:
-        RUN.replace("results/runs", "results/benchmarks/evaluate") + ".tsv"
+        benchmark_path("evaluate")
     threads: 1
     conda:
         "../../envs/pipeline.yaml"
@@ -61,7 +63,8 @@ rule aggregate:
         figure=report("results/summary.pdf", caption="../report/summary.rst", category="Overview"),
     params:
         jobs=[job.wildcards for job in JOBS],
-        code=code(["aggregate", "_with_job"], "metrics", "plots"),
+        shown=config["plot_signals"],
+        code=stage_fingerprint("aggregate"),
     log:
         "results/logs/aggregate.log",
     benchmark:

@@ -1,23 +1,19 @@
-# Shared definitions: the job grid, wildcard constraints, code fingerprints, paths.
-import hashlib
-import inspect
+# Shared definitions: the validated config, the job grid, wildcard constraints, code fingerprints, paths.
 import re
-from pathlib import Path
 
 from influence_signals import config as cfg
-from influence_signals import stages
+from influence_signals.datasets import DATASETS
+from influence_signals.fingerprint import stage_fingerprint
 from influence_signals.glitches import GLITCHES
 from influence_signals.models import MODELS
 
-cfg.check(config)
+cfg.validate(config)  # fills the schema's defaults; a bad config stops here, before any job
 JOBS = cfg.all_jobs(config)
-FIGURES = sorted(config.get("figures") or {})
-TABLES = sorted(config.get("tables") or {})
-PACKAGE = Path(workflow.basedir) / "src" / "influence_signals"
-DATA = "results/data/{dataset}"
-GLITCHED = DATA + "/{glitch}/r{ratio}/s{seed}"
+FIGURES = sorted(config["figures"])
+TABLES = sorted(config["tables"])
+DATA = "results/data/{dataset}/split{split}"
+GLITCHED = "results/data/{dataset}/{glitch}/r{ratio}/s{seed}"
 RUN = "results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}"
-TRAIN_CODE = ["train", "_build", "_train_settings", "_load_pretrained"]
 
 
 def alternatives(names):
@@ -28,30 +24,30 @@ def alternatives(names):
 wildcard_constraints:
     dataset=alternatives(config["datasets"]),
     source=alternatives(config["datasets"]),
-    model=alternatives(MODELS),
-    glitch=alternatives(GLITCHES),
+    model=alternatives(MODELS.names()),
+    glitch=alternatives(GLITCHES.names()),
     ratio=r"\d+",
     seed=r"\d+",
+    split=r"\d+",
     figure=alternatives(FIGURES) or "no-figures",
     table=alternatives(TABLES) or "no-tables",
 
 
-def code(functions, *modules):
-    """Fingerprint of the code a rule runs: Snakemake cannot see edits to imported code.
+def data_path(dataset, seed, name):
+    """A prepared split's file for a job's seed (its own split when prepare.resample_per_seed)."""
+    return DATA.format(dataset=dataset, split=cfg.split_seed(config, seed)) + f"/{name}.npz"
 
-    It hashes the rule's stage functions (not all of ``stages``, so editing one stage reruns that stage
-    alone and what follows) and the concept modules they call.
-    """
-    digest = hashlib.sha256()
-    for function in functions:
-        digest.update(inspect.getsource(getattr(stages, function)).encode())
-    for module in ("artifacts", *modules):
-        digest.update((PACKAGE / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:16]
+
+def log_path(stage):
+    return RUN.replace("results/runs", f"results/logs/{stage}") + ".log"
+
+
+def benchmark_path(stage):
+    return RUN.replace("results/runs", f"results/benchmarks/{stage}") + ".tsv"
 
 
 def threads_for(stage):
-    return int(config.get("threads", {}).get(stage, 1))
+    return int(config["threads"].get(stage, 1))
 
 
 def run_paths(pattern, jobs=None):

@@ -1,10 +1,24 @@
 # Data stages: shared by every model that trains on the same data set, glitch, ratio and seed.
 
 
+def data_files(wildcards):
+    """The user's files behind a data set (a table, an image folder): editing them reruns prepare."""
+    spec = config["datasets"][wildcards.dataset] or {}
+    files = []
+    for key in ("path", "test_path"):
+        if key in spec:
+            root = Path(spec[key])
+            files.extend(sorted(str(f) for f in root.rglob("*") if f.is_file()) if root.is_dir() else [str(root)])
+    return files
+
+
 rule prepare:
+    input:
+        data_files,
     output:
         train=DATA + "/train.npz",
         val=DATA + "/val.npz",
+        pool=DATA + "/pool.npz",
     params:
         dataset=lambda w: w.dataset,
         spec=lambda w: config["datasets"][w.dataset] or {},
@@ -12,12 +26,12 @@ rule prepare:
         download=config["download"],
         fraction=config["prepare"]["fraction"],
         val_fraction=config["prepare"]["val_fraction"],
-        seed=config["prepare"]["seed"],
-        code=code(["prepare"], "datasets"),
+        seed=lambda w: int(w.split),
+        code=stage_fingerprint("prepare"),
     log:
-        "results/logs/prepare/{dataset}.log",
+        "results/logs/prepare/{dataset}_split{split}.log",
     benchmark:
-        "results/benchmarks/prepare/{dataset}.tsv"
+        "results/benchmarks/prepare/{dataset}_split{split}.tsv"
     threads: 1
     conda:
         "../../envs/pipeline.yaml"
@@ -26,9 +40,10 @@ rule prepare:
 
 
 def inject_inputs(wildcards):
-    inputs = {"clean_train": DATA.format(dataset=wildcards.dataset) + "/train.npz"}
-    if wildcards.glitch == "far_ca":
-        inputs["source"] = DATA.format(dataset=cfg.far_ca_source(config, wildcards.dataset)) + "/train.npz"
+    inputs = {"clean_train": data_path(wildcards.dataset, wildcards.seed, "train")}
+    if GLITCHES[wildcards.glitch].needs_source:
+        source = cfg.glitch_source(config, wildcards.glitch, wildcards.dataset)
+        inputs["source"] = data_path(source, wildcards.seed, "pool")
     return inputs
 
 
@@ -43,7 +58,7 @@ rule inject:
         ratio=lambda w: int(w.ratio),
         seed=lambda w: int(w.seed),
         options=lambda w: cfg.glitch_options(config, w.glitch),
-        code=code(["inject"], "datasets", "glitches"),
+        code=stage_fingerprint("inject"),
     log:
         "results/logs/inject/{dataset}_{glitch}_r{ratio}_s{seed}.log",
     benchmark:

@@ -1,4 +1,5 @@
 # The study's figures and Table 1: each target asks only for the jobs of its own grid.
+from influence_signals.plots import FIGURE_KINDS
 
 
 def figure_spec(wildcards):
@@ -6,8 +7,8 @@ def figure_spec(wildcards):
 
 
 def figure_inputs(wildcards):
-    per_job = "/epoch_metrics.csv" if figure_spec(wildcards)["kind"] == "epochs" else "/metrics.csv"
-    return run_paths(RUN + per_job, cfg.target_jobs(config, "figures", wildcards.figure))
+    per_job = FIGURE_KINDS[figure_spec(wildcards)["kind"]].per_job
+    return run_paths(RUN + "/" + per_job, cfg.target_jobs(config, "figures", wildcards.figure))
 
 
 rule figure:
@@ -18,10 +19,10 @@ rule figure:
     params:
         jobs=lambda w: [job.wildcards for job in cfg.target_jobs(config, "figures", w.figure)],
         kind=lambda w: figure_spec(w)["kind"],
-        signals=lambda w: figure_spec(w).get("signals", config["plot_signals"]),
+        shown=lambda w: figure_spec(w).get("signals", config["plot_signals"]),
         title=lambda w: figure_spec(w).get("title", ""),
         caption=lambda w: figure_spec(w).get("caption", ""),
-        code=code(["figure", "_with_job"], "metrics", "plots"),
+        code=stage_fingerprint("figure"),
     log:
         "results/logs/figures/{figure}.log",
     benchmark:
@@ -42,7 +43,7 @@ rule table:
     params:
         jobs=lambda w: [job.wildcards for job in cfg.target_jobs(config, "tables", w.table)],
         caption=lambda w: config["tables"][w.table].get("caption", ""),
-        code=code(["table", "_with_job"], "metrics", "plots"),
+        code=stage_fingerprint("table"),
     log:
         "results/logs/tables/{table}.log",
     benchmark:

@@ -6,18 +6,18 @@ rule pretrain:
         train_set=DATA.replace("{dataset}", "{source}") + "/train.npz",
         val_set=DATA.replace("{dataset}", "{source}") + "/val.npz",
     output:
-        checkpoints=directory("results/pretrained/{model}/{source}/checkpoints"),
-        history="results/pretrained/{model}/{source}/history.csv",
+        checkpoints=directory("results/pretrained/{model}/{source}/split{split}/checkpoints"),
+        history="results/pretrained/{model}/{source}/split{split}/history.csv",
     params:
         model=lambda w: w.model,
         settings=lambda w: cfg.pretrain_settings(config, w.model),
-        seed=config["prepare"]["seed"],
+        seed=lambda w: int(w.split),
         download=config["download"],
-        code=code(TRAIN_CODE, "datasets", "models", "training"),
+        code=stage_fingerprint("train"),
     log:
-        "results/logs/pretrain/{model}_{source}.log",
+        "results/logs/pretrain/{model}_{source}_split{split}.log",
     benchmark:
-        "results/benchmarks/pretrain/{model}_{source}.tsv"
+        "results/benchmarks/pretrain/{model}_{source}_split{split}.tsv"
     threads: threads_for("train")
     conda:
         "../../envs/pipeline.yaml"
@@ -28,11 +28,12 @@ rule pretrain:
 def train_inputs(wildcards):
     inputs = {
         "train_set": GLITCHED.format(**wildcards) + "/train.npz",
-        "val_set": DATA.format(dataset=wildcards.dataset) + "/val.npz",
+        "val_set": data_path(wildcards.dataset, wildcards.seed, "val"),
     }
     if cfg.train_settings(config, wildcards.dataset, wildcards.model)["pretrained"] == "pipeline":
         source = cfg.pretrain_source(config, wildcards.model)
-        inputs["pretrained"] = f"results/pretrained/{wildcards.model}/{source}/checkpoints"
+        split = config["prepare"]["seed"]
+        inputs["pretrained"] = f"results/pretrained/{wildcards.model}/{source}/split{split}/checkpoints"
     return inputs
 
 
@@ -47,11 +48,11 @@ rule train:
         settings=lambda w: cfg.train_settings(config, w.dataset, w.model),
         seed=lambda w: int(w.seed),
         download=config["download"],
-        code=code(TRAIN_CODE, "datasets", "models", "training"),
+        code=stage_fingerprint("train"),
     log:
-        RUN.replace("results/runs", "results/logs/train") + ".log",
+        log_path("train"),
     benchmark:
-        RUN.replace("results/runs", "results/benchmarks/train") + ".tsv"
+        benchmark_path("train")
     threads: threads_for("train")
     conda:
         "../../envs/pipeline.yaml"
@@ -62,7 +63,7 @@ rule train:
 rule influence:
     input:
         train_set=GLITCHED + "/train.npz",
-        val_set=DATA + "/val.npz",
+        val_set=lambda w: data_path(w.dataset, w.seed, "val"),
         checkpoints=RUN + "/checkpoints",
     output:
         factors=directory(RUN + "/influence"),
@@ -72,14 +73,13 @@ rule influence:
         seed=lambda w: int(w.seed),
         backend=config["influence"]["backend"],
         weighting=config["influence"]["weighting"],
-        batch_size=config["influence"]["batch_size"],
         device=config["device"],
         write_matrix=config["influence"]["write_matrix"],
-        code=code(["compute_influence", "_build"], "datasets", "models", "training", "factors", "influence"),
+        code=stage_fingerprint("compute_influence"),
     log:
-        RUN.replace("results/runs", "results/logs/influence") + ".log",
+        log_path("influence"),
     benchmark:
-        RUN.replace("results/runs", "results/benchmarks/influence") + ".tsv"
+        benchmark_path("influence")
     threads: threads_for("influence")
     conda:
         "../../envs/pipeline.yaml"

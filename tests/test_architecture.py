@@ -1,0 +1,82 @@
+"""Registries drive the schema and plots; planning imports no torch; code fingerprints follow the import graph."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from influence_signals import config as cfg
+from influence_signals import fingerprint
+from influence_signals.datasets import DATASETS
+from influence_signals.glitches import GLITCHES
+from influence_signals.models import MODELS
+from influence_signals.plots import FIGURE_KINDS
+from influence_signals.signals import SIGNALS, labels
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "influence_signals"
+STAGES = ["prepare", "inject", "train", "compute_influence", "compute_signals", "evaluate", "aggregate", "figure", "table"]
+
+
+def test_planning_imports_neither_torch_nor_sklearn():
+    """What the Snakefile imports (config checks, registries, fingerprints) leaves torch and scikit-learn unimported."""
+    code = ("import sys, yaml; from influence_signals import config, fingerprint, datasets, glitches, models, plots;"
+            f"config.validate(yaml.safe_load(open({str(ROOT / 'config.yaml')!r})));"
+            "[fingerprint.stage_fingerprint(s) for s in " + repr(STAGES) + "];"
+            "print(sorted(m for m in ('torch', 'sklearn', 'seaborn', 'captum') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_schema_enums_come_from_the_registries():
+    schema = cfg.schema()
+    grid = schema["$defs"]["grid"]["items"]["properties"]
+    assert grid["glitches"]["items"]["enum"] == GLITCHES.names()
+    assert grid["models"]["items"]["enum"] == MODELS.names()
+    assert schema["properties"]["datasets"]["additionalProperties"]["properties"]["loader"]["enum"] == DATASETS.names()
+    assert schema["properties"]["figures"]["additionalProperties"]["properties"]["kind"]["enum"] == FIGURE_KINDS.names()
+    assert set(SIGNALS.names()) <= set(schema["properties"]["plot_signals"]["items"]["enum"])
+    assert set(labels()) == set(schema["properties"]["plot_signals"]["items"]["enum"])  # every score has a plot label
+
+
+def test_every_stage_fingerprint_is_derived_and_distinct_where_the_code_differs():
+    prints = {stage: fingerprint.stage_fingerprint(stage) for stage in STAGES}
+    assert len(set(prints.values())) == len(STAGES)
+    used, modules = fingerprint.stage_dependencies("compute_signals")
+    assert {"signals", "influence", "baselines", "factors"} <= modules and "glitches" not in modules
+    assert fingerprint.stage_dependencies("prepare")[1] == {"artifacts", "datasets", "registry"}
+
+
+def _edited_copy(tmp_path: Path, module: str, old: str, new: str) -> Path:
+    copy = tmp_path / "influence_signals"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    path = copy / f"{module}.py"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return copy
+
+
+def test_editing_a_helper_used_by_signals_reruns_signals_and_what_follows_only(tmp_path):
+    """``slope`` is a helper of the signals module that no stage names: editing it changes exactly these fingerprints."""
+    before = {stage: fingerprint.stage_fingerprint(stage) for stage in STAGES}
+    edited = _edited_copy(tmp_path, "signals", "    t -= t.mean()\n", "    t = t - t.mean()  # edited\n")
+    after = {stage: fingerprint.stage_fingerprint(stage, edited) for stage in STAGES}
+    changed = {stage for stage in STAGES if before[stage] != after[stage]}
+    assert changed == {"compute_signals", "aggregate", "figure", "table"}  # figures and tables read signal labels
+
+
+@pytest.mark.parametrize("module,old,new,expected", [
+    ("stages", 'JOB_KEYS = ("dataset", "model", "glitch", "ratio")', 'JOB_KEYS = ("dataset", "model", "glitch", "ratio", "seed")',
+     {"aggregate"}),  # a module constant of stages reaches the stage that uses it, and no other
+    ("training", "    return seed * 100_003 + epoch", "    return seed * 100_019 + epoch",
+     {"train", "compute_influence", "compute_signals", "aggregate", "figure", "table"}),
+])
+def test_a_changed_constant_or_helper_reaches_its_stages(tmp_path, module, old, new, expected):
+    before = {stage: fingerprint.stage_fingerprint(stage) for stage in STAGES}
+    edited = _edited_copy(tmp_path, module, old, new)
+    changed = {stage for stage in STAGES if fingerprint.stage_fingerprint(stage, edited) != before[stage]}
+    assert changed == expected
