@@ -43,9 +43,9 @@ def snakemake(folder: Path, *args: str, check: bool = True) -> subprocess.Comple
     return result
 
 
-def planned(folder: Path) -> dict[str, int]:
+def planned(folder: Path, *args: str) -> dict[str, int]:
     """Rule -> job count from a dry run's job-stats table (empty when there is nothing to do)."""
-    output = snakemake(folder, "-n").stdout
+    output = snakemake(folder, "-n", *args).stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE))
     counts.pop("total", None)
     return {rule: int(n) for rule, n in counts.items()}
@@ -118,3 +118,17 @@ def test_bad_config_stops_before_any_job(tmp_path, key, value, message):
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.pipeline
+def test_a_corrupted_checkpoint_is_noticed_by_a_plain_rerun(finished):
+    """A checkpoint whose size differs from its run's manifest stops planning with a message naming it."""
+    folder = finished / "results/runs/synth_tabular/mlp/uniform/r10/s1/checkpoints"
+    victim = sorted(folder.glob("*.pt"))[1]
+    original = victim.read_bytes()
+    try:
+        victim.write_bytes(original[: len(original) // 2])
+        result = snakemake(finished, "-n", check=False)
+        assert result.returncode != 0 and victim.name in result.stdout + result.stderr
+    finally:
+        victim.write_bytes(original)

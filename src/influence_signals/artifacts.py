@@ -6,10 +6,10 @@ leaves a half-written file that Snakemake (or a user) could mistake for a finish
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,8 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             return {key: data[key] for key in data.files}
     except FileNotFoundError as err:
         raise ArtifactError(f"missing artifact: {path}") from err
-    except (OSError, ValueError, EOFError) as err:
-        raise ArtifactError(f"corrupt or unreadable artifact {path}: {err}") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ArtifactError(f"corrupt or unreadable artifact {path}: {err}; rerun the job that writes it") from err
 
 
 def write_csv(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
@@ -70,6 +70,3 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
-
-def write_json(path: str | os.PathLike[str], payload: Any) -> None:
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")

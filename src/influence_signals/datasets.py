@@ -323,7 +323,7 @@ def read_table(path: Path, label: str, name: str, id: str | None = None, drop: S
                     frame[column] = frame[column].str.decode("utf-8")
         else:
             frame = pd.read_csv(path)
-    except (ValueError, NotImplementedError, pd.errors.ParserError, UnicodeDecodeError) as err:
+    except (ValueError, OSError, NotImplementedError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"{name}: cannot read {path} as {'ARFF' if path.suffix.lower() == '.arff' else 'CSV'}: {err}") from None
     if frame.empty:
         raise DataError(f"{name}: {path} has a header but no rows")

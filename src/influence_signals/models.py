@@ -197,13 +197,15 @@ def weights_file(path: str | os.PathLike[str], model: AdaptedModel) -> Mapping[s
     A ``module.`` prefix (weights saved from ``DataParallel``, as the published CIFAR ResNet-20) is removed.
     Loaded with ``weights_only=True``: a file cannot run code.
     """
+    import pickle
+
     import torch
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"pre-trained weights {path} not found") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise ModelError(f"pre-trained weights {path} are corrupt or not a torch file: {err}") from None
     if not isinstance(payload, dict):
         raise ModelError(f"pre-trained weights {path}: expected a dict of tensors, got {type(payload).__name__}")

@@ -73,7 +73,7 @@ def _train_settings(settings: Mapping[str, Any], seed: int) -> Any:
 
 def _load_pretrained(net: AdaptedModel, model: str, pretrained: str | None, path: str | None, download: bool) -> None:
     """Start from published weights (``torchvision``, ``hub``), the pretrain stage's (``pipeline``) or a file."""
-    from . import models, training
+    from . import checkpoints, models
 
     if pretrained in (None, "none"):
         return
@@ -83,7 +83,7 @@ def _load_pretrained(net: AdaptedModel, model: str, pretrained: str | None, path
     if pretrained == "pipeline":
         if path is None:
             raise ValueError(f"{model}: `pretrained: pipeline` needs the pretrain stage's checkpoints")
-        source = str(training.verified_checkpoints(path)[-1])
+        source = str(checkpoints.verified_checkpoints(path)[-1])
     else:
         source = pretrained
     models.load_backbone(net, models.weights_file(source, net), source)
@@ -104,12 +104,13 @@ def train(train_set: str, val_set: str, model: str, settings: Mapping[str, Any],
 def compute_influence(train_set: str, val_set: str, checkpoints: str, model: str, settings: Mapping[str, Any],
                       seed: int, backend: str, weighting: str, device: str, write_matrix: bool, factors: str) -> None:
     """TracIn factors (and Captum's matrices, or the full matrix, if asked) from a run's verified checkpoints."""
-    from . import influence, models, training
+    from . import checkpoints as checkpoint_folder
+    from . import influence, models
 
     train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
     net = _build(model, train_data, settings, seed)
     models.set_trainable(net, settings.get("trainable"))  # a frozen trunk's output is computed once
-    paths = training.verified_checkpoints(checkpoints)
+    paths = checkpoint_folder.verified_checkpoints(checkpoints)
     influence.compute(net, paths, train_data, val_data, factors, backend, weighting, settings["batch_size"], device)
     if write_matrix:
         influence.write_matrix(Path(factors) / "matrix.npz", influence.TracInEngine(FactorStore(factors), device))

@@ -3,20 +3,13 @@
 Checkpoints are dicts ``{"model_state_dict", "learning_rate", "epoch", "step"}``: the learning rate in
 force is what TracIn weights each checkpoint by, and Captum's loaders read the same keys. Shuffling and
 dropout are seeded per epoch, so a run resumed from its last checkpoint ends bit-identical to one that
-never stopped. A run writes into ``<folder>.partial`` under an exclusive lock and renames it to
-``<folder>`` only when every epoch is saved and ``manifest.json`` (epoch, file, size, hash) is written
-last; readers verify the manifest, so a killed, racing or tampered run is never taken for a finished one.
+never stopped. Runs write into a locked ``.partial`` folder renamed when finished (see ``checkpoints``).
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
 import os
 import pickle
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import ArtifactError, atomic_path
+from .checkpoints import (MANIFEST, checkpoint_name, checkpoint_paths, epoch_checkpoints, epoch_of, exclusive,
+                          gap_free_prefix, verified_checkpoints, write_manifest)
 from .datasets import DataSet
 from .models import set_trainable
 from .networks import AdaptedModel
 
 log = logging.getLogger(__name__)
-CHECKPOINT = re.compile(r"epoch(\d{3})_step(\d{7})\.pt$")
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -60,78 +53,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
     return torch.device(name)
-
-
-def checkpoint_paths(folder: str | Path) -> list[Path]:
-    """The checkpoints of a run in training order."""
-    return sorted(p for p in Path(folder).glob("*.pt") if CHECKPOINT.search(p.name))
-
-
-def epoch_checkpoints(folder: str | Path) -> list[Path]:
-    """The checkpoints saved at the end of each epoch, in order; epochs must run 1..N without a gap."""
-    paths = checkpoint_paths(folder)
-    ends: dict[int, Path] = {}
-    for path in paths:
-        match = CHECKPOINT.search(path.name)
-        assert match is not None
-        ends[int(match.group(1))] = path
-    epochs = sorted(ends)
-    if epochs != list(range(1, len(epochs) + 1)):
-        raise ArtifactError(f"{folder}: epoch checkpoints {epochs} have a gap; expected epochs 1..{len(epochs)}")
-    return [ends[e] for e in epochs]
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(folder: Path, epochs: int) -> None:
-    """List every checkpoint with its epoch, size and hash; written last, so it marks a finished run."""
-    paths = checkpoint_paths(folder)
-    entries = [{"file": p.name, "epoch": int(CHECKPOINT.search(p.name).group(1)),  # type: ignore[union-attr]
-                "bytes": p.stat().st_size, "sha256": _digest(p)} for p in paths]
-    with atomic_path(folder / MANIFEST) as tmp:
-        tmp.write_text(json.dumps({"epochs": epochs, "checkpoints": entries}, indent=1))
-
-
-def verified_checkpoints(folder: str | Path) -> list[Path]:
-    """The epoch checkpoints of a finished run, after checking them against its manifest (size and hash)."""
-    folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{folder} has no {MANIFEST}: the training run did not finish; rerun the train job") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{folder}/{MANIFEST} is corrupt ({err}); rerun the train job") from None
-    for entry in manifest["checkpoints"]:
-        path = folder / entry["file"]
-        if not path.exists():
-            raise ArtifactError(f"{path} listed in the manifest is missing; rerun the train job")
-        if path.stat().st_size != entry["bytes"] or _digest(path) != entry["sha256"]:
-            raise ArtifactError(f"{path} differs from the manifest (corrupt or edited); rerun the train job")
-    paths = epoch_checkpoints(folder)
-    if len(paths) != manifest["epochs"]:
-        raise ArtifactError(f"{folder}: {len(paths)} epoch checkpoints but the run trained {manifest['epochs']} epochs")
-    return paths
-
-
-@contextlib.contextmanager
-def exclusive(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder``'s lock file, or fail if another live process holds it."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ArtifactError(f"another process is training into {folder}; wait for it or kill it first") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, learning_rate: float, epoch: int, step: int,
@@ -247,12 +168,9 @@ def _take_over(folder: Path, partial: Path) -> None:
     (partial / MANIFEST).unlink(missing_ok=True)
     for stray in partial.glob(".*"):  # half-written temporary files of a killed run
         stray.unlink(missing_ok=True)
-    ends = {int(CHECKPOINT.search(p.name).group(1)): p for p in checkpoint_paths(partial)}  # type: ignore[union-attr]
-    prefix = 0
-    while prefix + 1 in ends:
-        prefix += 1
+    prefix = gap_free_prefix(partial)
     for path in checkpoint_paths(partial):
-        if int(CHECKPOINT.search(path.name).group(1)) > prefix:  # type: ignore[union-attr]
+        if epoch_of(path) > prefix:
             path.unlink()
 
 
@@ -299,13 +217,13 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
                 running_correct += int((logits.argmax(1) == target).sum())
                 every = settings.checkpoint_every_steps
                 if every and step % every == 0:
-                    save_checkpoint(partial / f"epoch{epoch:03d}_step{step:07d}.pt", model, settings.lr, epoch, step)
+                    save_checkpoint(partial / checkpoint_name(epoch, step), model, settings.lr, epoch, step)
             val_loss, val_acc = evaluate(forward, model, val_x, val_y, device)
             row = {"epoch": epoch, "train_loss": running_loss / len(y), "train_accuracy": running_correct / len(y),
                    "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - began}
             if not np.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (non-finite loss); lower the learning rate")
-            save_checkpoint(partial / f"epoch{epoch:03d}_step{step:07d}.pt", model, settings.lr, epoch, step, row)
+            save_checkpoint(partial / checkpoint_name(epoch, step), model, settings.lr, epoch, step, row)
             log.info("epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.2fs", epoch, settings.epochs,
                      row["train_loss"], row["train_accuracy"], val_loss, val_acc, row["seconds"])
         write_manifest(partial, settings.epochs)

@@ -1,13 +1,13 @@
-# Analysis stages: signals per row, metrics per job, aggregates and figures over the grid.
+# Analysis stages: signals per row, metrics per job, aggregates over the grid.
 
 
 rule signals:
     input:
-        factors=RUN + "/influence",
-        train_set=GLITCHED + "/train.npz",
+        factors="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence",
+        train_set="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/train.npz",
     output:
-        scores=RUN + "/scores.csv",
-        per_epoch=RUN + "/per_epoch.npz",
+        scores="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/scores.csv",
+        per_epoch="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/per_epoch.npz",
     params:
         seed=lambda w: int(w.seed),
         row_block=config["signals"]["row_block"],
@@ -18,9 +18,9 @@ rule signals:
         device=config["device"],
         code=stage_fingerprint("compute_signals"),
     log:
-        log_path("signals"),
+        "results/logs/signals/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
     benchmark:
-        benchmark_path("signals")
+        "results/benchmarks/signals/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
     threads: threads_for("signals")
     conda:
         "../../envs/pipeline.yaml"
@@ -30,22 +30,22 @@ rule signals:
 
 rule evaluate:
     input:
-        scores=RUN + "/scores.csv",
-        per_epoch=RUN + "/per_epoch.npz",
-        errors=GLITCHED + "/errors.csv",
-        factors=RUN + "/influence",
+        scores="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/scores.csv",
+        per_epoch="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/per_epoch.npz",
+        errors="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/errors.csv",
+        factors="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence",
         val_set=lambda w: data_path(w.dataset, w.seed, "val"),
     output:
-        metrics_out=RUN + "/metrics.csv",
-        epoch_metrics=RUN + "/epoch_metrics.csv",
-        accuracy=RUN + "/accuracy.csv",
-        curves=RUN + "/curves.csv",
+        metrics_out="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/metrics.csv",
+        epoch_metrics="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/epoch_metrics.csv",
+        accuracy="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/accuracy.csv",
+        curves="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/curves.csv",
     params:
         code=stage_fingerprint("evaluate"),
     log:
-        log_path("evaluate"),
+        "results/logs/evaluate/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
     benchmark:
-        benchmark_path("evaluate")
+        "results/benchmarks/evaluate/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
     threads: 1
     conda:
         "../../envs/pipeline.yaml"
@@ -55,8 +55,8 @@ rule evaluate:
 
 rule aggregate:
     input:
-        metric_files=run_paths(RUN + "/metrics.csv"),
-        accuracy_files=run_paths(RUN + "/accuracy.csv"),
+        metric_files=run_paths("metrics.csv"),
+        accuracy_files=run_paths("accuracy.csv"),
     output:
         summary="results/summary.csv",
         accuracy_summary="results/accuracy_summary.csv",

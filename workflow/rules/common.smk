@@ -1,18 +1,22 @@
-# Shared definitions: the validated config, the job grid, wildcard constraints, code fingerprints, paths.
+# Shared definitions: the validated config, the job grid, wildcard constraints, input functions, code fingerprints.
 import re
 
 from influence_signals import config as cfg
-from influence_signals.datasets import DATASETS
+from influence_signals.checkpoints import manifest_problem
 from influence_signals.fingerprint import stage_fingerprint
 from influence_signals.glitches import GLITCHES
 from influence_signals.models import MODELS
+from influence_signals.plots import FIGURE_KINDS
 
 cfg.validate(config)  # fills the schema's defaults; a bad config stops here, before any job
 JOBS = cfg.all_jobs(config)
+for job in JOBS:  # a finished run whose checkpoint sizes differ from its manifest is named before any job runs
+    folder = f"results/runs/{job.dataset}/{job.model}/{job.glitch}/r{job.ratio}/s{job.seed}/checkpoints"
+    problem = manifest_problem(folder)
+    if problem:
+        raise WorkflowError(f"{problem}; delete {folder} to retrain it")
 FIGURES = sorted(config["figures"])
 TABLES = sorted(config["tables"])
-DATA = "results/data/{dataset}/split{split}"
-GLITCHED = "results/data/{dataset}/{glitch}/r{ratio}/s{seed}"
 RUN = "results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}"
 
 
@@ -35,20 +39,67 @@ wildcard_constraints:
 
 def data_path(dataset, seed, name):
     """A prepared split's file for a job's seed (its own split when prepare.resample_per_seed)."""
-    return DATA.format(dataset=dataset, split=cfg.split_seed(config, seed)) + f"/{name}.npz"
-
-
-def log_path(stage):
-    return RUN.replace("results/runs", f"results/logs/{stage}") + ".log"
-
-
-def benchmark_path(stage):
-    return RUN.replace("results/runs", f"results/benchmarks/{stage}") + ".tsv"
+    return f"results/data/{dataset}/split{cfg.split_seed(config, seed)}/{name}.npz"
 
 
 def threads_for(stage):
     return int(config["threads"].get(stage, 1))
 
 
-def run_paths(pattern, jobs=None):
-    return [pattern.format(**job.wildcards) for job in (JOBS if jobs is None else jobs)]
+def run_paths(name, jobs=None):
+    """A per-job file of every job (or of ``jobs``)."""
+    return [f"{RUN.format(**job.wildcards)}/{name}" for job in (JOBS if jobs is None else jobs)]
+
+
+def data_files(wildcards):
+    """The user's files behind a data set (a table, an image folder): editing them reruns prepare."""
+    spec = config["datasets"][wildcards.dataset] or {}
+    files = []
+    for key in ("path", "test_path"):
+        if key in spec:
+            root = Path(spec[key])
+            files.extend(sorted(str(f) for f in root.rglob("*") if f.is_file()) if root.is_dir() else [str(root)])
+    return files
+
+
+def inject_inputs(wildcards):
+    inputs = {"clean_train": data_path(wildcards.dataset, wildcards.seed, "train")}
+    if GLITCHES[wildcards.glitch].needs_source:
+        source = cfg.glitch_source(config, wildcards.glitch, wildcards.dataset)
+        inputs["source"] = data_path(source, wildcards.seed, "pool")
+    return inputs
+
+
+def pretrained_folder(model):
+    return f"results/pretrained/{model}/{cfg.pretrain_source(config, model)}/split{config['prepare']['seed']}/checkpoints"
+
+
+def train_inputs(wildcards):
+    inputs = {
+        "train_set": f"results/data/{wildcards.dataset}/{wildcards.glitch}/r{wildcards.ratio}/s{wildcards.seed}/train.npz",
+        "val_set": data_path(wildcards.dataset, wildcards.seed, "val"),
+    }
+    if cfg.train_settings(config, wildcards.dataset, wildcards.model)["pretrained"] == "pipeline":
+        inputs["pretrained"] = pretrained_folder(wildcards.model)
+    return inputs
+
+
+def figure_spec(wildcards):
+    return config["figures"][wildcards.figure]
+
+
+def figure_inputs(wildcards):
+    per_job = FIGURE_KINDS[figure_spec(wildcards)["kind"]].per_job
+    return run_paths(per_job, cfg.target_jobs(config, "figures", wildcards.figure))
+
+
+def figure_jobs(wildcards):
+    return [job.wildcards for job in cfg.target_jobs(config, "figures", wildcards.figure)]
+
+
+def table_inputs(wildcards):
+    return run_paths("accuracy.csv", cfg.target_jobs(config, "tables", wildcards.table))
+
+
+def table_jobs(wildcards):
+    return [job.wildcards for job in cfg.target_jobs(config, "tables", wildcards.table)]

@@ -1,14 +1,4 @@
 # The study's figures and Table 1: each target asks only for the jobs of its own grid.
-from influence_signals.plots import FIGURE_KINDS
-
-
-def figure_spec(wildcards):
-    return config["figures"][wildcards.figure]
-
-
-def figure_inputs(wildcards):
-    per_job = FIGURE_KINDS[figure_spec(wildcards)["kind"]].per_job
-    return run_paths(RUN + "/" + per_job, cfg.target_jobs(config, "figures", wildcards.figure))
 
 
 rule figure:
@@ -17,7 +7,7 @@ rule figure:
     output:
         figure_out=report("results/{figure}.pdf", caption="../report/figure.rst", category="Figures"),
     params:
-        jobs=lambda w: [job.wildcards for job in cfg.target_jobs(config, "figures", w.figure)],
+        jobs=figure_jobs,
         kind=lambda w: figure_spec(w)["kind"],
         shown=lambda w: figure_spec(w).get("signals", config["plot_signals"]),
         title=lambda w: figure_spec(w).get("title", ""),
@@ -36,12 +26,12 @@ rule figure:
 
 rule table:
     input:
-        accuracy_files=lambda w: run_paths(RUN + "/accuracy.csv", cfg.target_jobs(config, "tables", w.table)),
+        accuracy_files=table_inputs,
     output:
         table_csv=report("results/{table}.csv", caption="../report/table.rst", category="Tables"),
         table_md="results/{table}.md",
     params:
-        jobs=lambda w: [job.wildcards for job in cfg.target_jobs(config, "tables", w.table)],
+        jobs=table_jobs,
         caption=lambda w: config["tables"][w.table].get("caption", ""),
         code=stage_fingerprint("table"),
     log:

@@ -3,8 +3,8 @@
 
 rule pretrain:
     input:
-        train_set=DATA.replace("{dataset}", "{source}") + "/train.npz",
-        val_set=DATA.replace("{dataset}", "{source}") + "/val.npz",
+        train_set="results/data/{source}/split{split}/train.npz",
+        val_set="results/data/{source}/split{split}/val.npz",
     output:
         checkpoints=directory("results/pretrained/{model}/{source}/split{split}/checkpoints"),
         history="results/pretrained/{model}/{source}/split{split}/history.csv",
@@ -25,24 +25,12 @@ rule pretrain:
         "../scripts/train.py"
 
 
-def train_inputs(wildcards):
-    inputs = {
-        "train_set": GLITCHED.format(**wildcards) + "/train.npz",
-        "val_set": data_path(wildcards.dataset, wildcards.seed, "val"),
-    }
-    if cfg.train_settings(config, wildcards.dataset, wildcards.model)["pretrained"] == "pipeline":
-        source = cfg.pretrain_source(config, wildcards.model)
-        split = config["prepare"]["seed"]
-        inputs["pretrained"] = f"results/pretrained/{wildcards.model}/{source}/split{split}/checkpoints"
-    return inputs
-
-
 rule train:
     input:
         unpack(train_inputs),
     output:
-        checkpoints=directory(RUN + "/checkpoints"),
-        history=RUN + "/history.csv",
+        checkpoints=directory("results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/checkpoints"),
+        history="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/history.csv",
     params:
         model=lambda w: w.model,
         settings=lambda w: cfg.train_settings(config, w.dataset, w.model),
@@ -50,9 +38,9 @@ rule train:
         download=config["download"],
         code=stage_fingerprint("train"),
     log:
-        log_path("train"),
+        "results/logs/train/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
     benchmark:
-        benchmark_path("train")
+        "results/benchmarks/train/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
     threads: threads_for("train")
     conda:
         "../../envs/pipeline.yaml"
@@ -62,11 +50,11 @@ rule train:
 
 rule influence:
     input:
-        train_set=GLITCHED + "/train.npz",
+        train_set="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/train.npz",
         val_set=lambda w: data_path(w.dataset, w.seed, "val"),
-        checkpoints=RUN + "/checkpoints",
+        checkpoints="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/checkpoints",
     output:
-        factors=directory(RUN + "/influence"),
+        factors=directory("results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence"),
     params:
         model=lambda w: w.model,
         settings=lambda w: cfg.train_settings(config, w.dataset, w.model),
@@ -77,9 +65,9 @@ rule influence:
         write_matrix=config["influence"]["write_matrix"],
         code=stage_fingerprint("compute_influence"),
     log:
-        log_path("influence"),
+        "results/logs/influence/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
     benchmark:
-        benchmark_path("influence")
+        "results/benchmarks/influence/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
     threads: threads_for("influence")
     conda:
         "../../envs/pipeline.yaml"

@@ -1,0 +1,145 @@
+"""The README's results section, generated from a run's outputs: no number in it is typed by hand.
+
+``python -m influence_signals.report readme`` copies ``results/summary.csv``, ``accuracy_summary.csv`` and
+the per-stage benchmark times into ``docs/results/`` (small, committed) and rewrites the README between
+its ``<!-- results:start -->`` and ``<!-- results:end -->`` markers from those copies; a test re-renders
+the section from the committed copies and compares.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .artifacts import write_text
+from .glitches import GLITCHES
+from .signals import labels
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+DOCS = Path("docs/results")
+STUDY_SIGNALS = ("si", "mi", "aai", "gd_class")
+TABLE_SIGNALS = ("si", "mi", "aai", "gd_class", "sign_aware", "class_contrast", "harm_concentration", "si_first",
+                 "knn_distance", "grad_norm", "loss", "aum", "confident_learning", "isolation_forest")
+
+
+def f1_table(summary: pd.DataFrame, dataset: str, ratio: int = 10, signals: Sequence[str] = TABLE_SIGNALS) -> str:
+    """Mean F1 at the glitch ratio per signal (rows) and glitch type (columns), averaged over models; best in bold."""
+    rows = summary[(summary["dataset"] == dataset) & (summary["ratio"] == ratio) & summary["signal"].isin(signals)]
+    table = rows.groupby(["signal", "glitch"])["f1_mean"].mean().unstack("glitch")
+    glitch_order = [g for g in GLITCHES.names() if g in table.columns]
+    table = table.reindex(index=[s for s in signals if s in table.index], columns=glitch_order)
+    names, glitch_names = labels(), GLITCHES.labels()
+    models = ", ".join(sorted(rows["model"].unique()))
+    seeds = int(rows["n_seeds"].min()) if len(rows) else 0
+    lines = [f"**{dataset}** ({models}; {ratio} % glitches; mean over {seeds} seeds and the models):", "",
+             "| signal | " + " | ".join(glitch_names[g] for g in glitch_order) + " |",
+             "| --- |" + " --- |" * len(glitch_order)]
+    best = table.max(axis=0)
+    for signal, values in table.iterrows():
+        cells = [("**%.2f**" if v == best[g] else "%.2f") % v if pd.notna(v) else "" for g, v in values.items()]
+        lines.append(f"| {names.get(str(signal), str(signal))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_f1(summary: pd.DataFrame, dataset: str, glitch: str, signal: str, ratio: int = 10) -> float:
+    rows = summary[(summary["dataset"] == dataset) & (summary["glitch"] == glitch) & (summary["ratio"] == ratio)
+                   & (summary["signal"] == signal)]
+    return float(rows["f1_mean"].mean()) if len(rows) else float("nan")
+
+
+def findings(summary: pd.DataFrame) -> str:
+    """The study's findings, each checked against this run's numbers (holds / does not hold)."""
+    lines = []
+    for dataset in sorted(summary["dataset"].unique()):
+        present = set(summary.loc[summary["dataset"] == dataset, "glitch"])
+        study = {s: _mean_f1(summary, dataset, "uniform", s) for s in STUDY_SIGNALS}
+        if "uniform" in present:
+            best = max(study, key=lambda s: study[s])
+            worst = min(study, key=lambda s: study[s])
+            lines.append(f"- {dataset}, uniform noise: SI best of the study's four signals: "
+                         f"{'holds' if best == 'si' else 'does not hold'} (best {best} {study[best]:.2f}, SI {study['si']:.2f}); "
+                         f"MI worst: {'holds' if worst == 'mi' else 'does not hold'} (MI {study['mi']:.2f}).")
+        for glitch in ("far_ca", "outlier"):
+            if glitch in present:
+                top = max(_mean_f1(summary, dataset, glitch, s) for s in STUDY_SIGNALS)
+                novelty = _mean_f1(summary, dataset, glitch, "knn_distance")
+                lines.append(f"- {dataset}, {GLITCHES[glitch].label}: no influence signal finds them (best of the four "
+                             f"{top:.2f}): {'holds' if top < 0.3 else 'does not hold'}; kNN distance {novelty:.2f}.")
+        if "near_ca" in present:
+            total, first = _mean_f1(summary, dataset, "near_ca", "si"), _mean_f1(summary, dataset, "near_ca", "si_first")
+            lines.append(f"- {dataset}, Near-CA: visible only early (SI from the first epoch {first:.2f} against "
+                         f"cumulative SI {total:.2f}): {'holds' if first > total else 'does not hold'}.")
+    return "\n".join(lines)
+
+
+def accuracy_lines(accuracy: pd.DataFrame) -> str:
+    clean = accuracy[accuracy["glitch"].isin(["uniform"]) & (accuracy["ratio"] == 10)]
+    rows = [f"{r.dataset} / {r.model}: {r.accuracy_validation_mean:.3f} ± {r.accuracy_validation_std:.3f}"
+            for r in clean.itertuples()]
+    return "Validation accuracy at 10 % uniform noise (mean ± sd over seeds): " + "; ".join(rows) + "."
+
+
+def timing_lines(times: pd.DataFrame) -> str:
+    per_stage = times.groupby("stage")["s"].agg(["sum", "count"])
+    cells = [f"{stage} {row['sum']:.0f} s ({int(row['count'])} jobs)" for stage, row in per_stage.iterrows()]
+    return "CPU-side wall seconds per stage, summed over jobs (Snakemake `benchmark:` files): " + ", ".join(cells) + "."
+
+
+def render(folder: Path) -> str:
+    summary = pd.read_csv(folder / "summary.csv")
+    accuracy = pd.read_csv(folder / "accuracy_summary.csv")
+    meta = (folder / "machine.txt").read_text().strip() if (folder / "machine.txt").exists() else ""
+    parts = [START, "", f"From `{folder}/` ({meta}).", ""]
+    for dataset in sorted(summary["dataset"].unique()):
+        parts += [f1_table(summary, dataset), ""]
+    parts += ["The study's findings on this data:", "", findings(summary), "", accuracy_lines(accuracy), ""]
+    if (folder / "stage_seconds.csv").exists():
+        parts += [timing_lines(pd.read_csv(folder / "stage_seconds.csv")), ""]
+    return "\n".join(parts + [END])
+
+
+def stage_seconds(results: Path) -> pd.DataFrame:
+    """Every job's wall seconds from the ``benchmark:`` files under ``results/benchmarks/<stage>/``."""
+    rows = []
+    for path in sorted((results / "benchmarks").rglob("*.tsv")):
+        stage = path.relative_to(results / "benchmarks").parts[0]
+        rows.append({"stage": stage.removesuffix(".tsv"), "s": float(pd.read_csv(path, sep="\t")["s"].iloc[0])})
+    return pd.DataFrame(rows, columns=["stage", "s"])
+
+
+def collect(results: Path, docs: Path) -> None:
+    """Copy a finished run's summaries (and per-stage seconds) into ``docs``."""
+    docs.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.csv", "accuracy_summary.csv"):
+        shutil.copyfile(results / name, docs / name)
+    stage_seconds(results).to_csv(docs / "stage_seconds.csv", index=False)
+    write_text(docs / "machine.txt", f"{platform.machine()}, {platform.processor() or 'CPU'}, "
+                                     f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}\n")
+
+
+def update_readme(readme: Path, docs: Path) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} section to rewrite")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    write_text(readme, head + render(docs) + tail)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m influence_signals.report")
+    parser.add_argument("command", choices=["readme"])
+    parser.add_argument("--results", type=Path, default=Path("results"), help="a finished run's results folder")
+    parser.add_argument("--docs", type=Path, default=DOCS)
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    args = parser.parse_args(argv)
+    collect(args.results, args.docs)
+    update_readme(args.readme, args.docs)
+
+
+if __name__ == "__main__":
+    main()
