@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .datasets import DATASETS, DataError, loader_name
+from .datasets import DATASETS, DataError, loader_name, loader_options
 from .glitches import GLITCHES
 from .models import MODELS
 from .plots import FIGURE_KINDS
@@ -141,8 +141,10 @@ def _check_datasets(config: Mapping[str, Any]) -> None:
         if loader not in DATASETS:
             raise ConfigError(f"config datasets.{name}: unknown data set {loader!r}; known: {DATASETS.names()}, "
                               "or give `loader:`")
-        options = {k: v for k, v in (spec or {}).items() if k != "loader"}
+        options = loader_options(spec)
         _check_options(f"datasets.{name}", options, DATASETS[loader].options_schema())
+        if ("fold" in (spec or {})) != ("folds" in (spec or {})) or (spec or {}).get("fold", 0) >= (spec or {}).get("folds", 1):
+            raise ConfigError(f"config datasets.{name}: give both `fold` and `folds`, with 0 <= fold < folds")
         for key in ("path", "test_path"):
             if key in options and not Path(options[key]).exists():
                 raise ConfigError(f"config datasets.{name}.{key}: {options[key]} does not exist")

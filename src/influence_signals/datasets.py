@@ -481,6 +481,13 @@ DATASETS.add(DataSource(
 REQUIRED_OPTIONS = {"table": ("path", "label"), "image_folder": ("path",)}
 
 
+SPLIT_KEYS = ("loader", "fold", "folds")  # generic keys of a config entry; the rest are the loader's options
+
+
+def loader_options(spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (spec or {}).items() if k not in SPLIT_KEYS}
+
+
 def loader_name(name: str, spec: Mapping[str, Any] | None) -> str:
     """The loader a config entry ``datasets.<name>`` uses: its ``loader`` key, else its own name."""
     return str((spec or {}).get("loader", name))
@@ -489,8 +496,8 @@ def loader_name(name: str, spec: Mapping[str, Any] | None) -> str:
 def load_split(name: str, spec: Mapping[str, Any] | None = None, data_dir: str | Path = "data",
                download: bool = False) -> Loaded:
     """Load data set ``name`` with its test split; ``spec`` may name another ``loader`` and its options."""
-    options = dict(spec or {})
-    loader = str(options.pop("loader", name))
+    options = loader_options(spec)
+    loader = loader_name(name, spec)
     try:
         source = DATASETS[loader]
     except UnknownName as err:
@@ -530,9 +537,13 @@ def check_classes(dataset: DataSet, minimum: int = 2) -> None:
                         "train / validation split needs more: drop or merge them")
 
 
-def prepare(loaded: Loaded | DataSet, fraction: float, val_fraction: float, seed: int
-            ) -> tuple[DataSet, DataSet, DataSet]:
+def prepare(loaded: Loaded | DataSet, fraction: float, val_fraction: float, seed: int, fold: int | None = None,
+            folds: int | None = None) -> tuple[DataSet, DataSet, DataSet]:
     """Stratified subsample of ``fraction`` of the rows, a stratified train / validation split, and the pool.
+
+    With ``folds`` (cross-fitting, for debugging a user's data), the validation split is fold ``fold`` of
+    a stratified ``folds``-fold partition drawn with ``seed``: over the folds, every row is scored while in
+    training, against reference rows that exclude it.
 
     The pool holds the rows no model of this split trains on: those outside the subsample plus the test
     split (the Far-CA source of another data set is drawn from it). Where nothing is held out (fraction 1,
@@ -553,8 +564,16 @@ def prepare(loaded: Loaded | DataSet, fraction: float, val_fraction: float, seed
     rows, rest = np.arange(len(dataset.y)), np.array([], dtype=np.int64)
     if fraction < 1:
         rows, rest = train_test_split(rows, train_size=fraction, stratify=dataset.y, random_state=seed)
-    check_classes(dataset.subset(rows))
-    train_rows, val_rows = train_test_split(rows, test_size=val_fraction, stratify=dataset.y[rows], random_state=seed)
+    check_classes(dataset.subset(rows), minimum=folds or 2)
+    if folds:
+        from sklearn.model_selection import StratifiedKFold
+
+        if fold is None or not 0 <= fold < folds:
+            raise DataError(f"{dataset.name}: fold must be in 0..{folds - 1}, got {fold}")
+        partition = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(rows, dataset.y[rows]))
+        train_rows, val_rows = rows[partition[fold][0]], rows[partition[fold][1]]
+    else:
+        train_rows, val_rows = train_test_split(rows, test_size=val_fraction, stratify=dataset.y[rows], random_state=seed)
     train, val = dataset.subset(np.sort(train_rows)), dataset.subset(np.sort(val_rows))
     pool = dataset.subset(np.sort(rest))
     if loaded.test is not None:

@@ -35,7 +35,7 @@ def prepare(dataset: str, spec: Mapping[str, Any], data_dir: str, download: bool
     The pool holds the rows no model of this split trains on (a far-CA source draws from it).
     """
     loaded = datasets.load_split(dataset, spec, data_dir, download)
-    train_set, val_set, pool_set = datasets.prepare(loaded, fraction, val_fraction, seed)
+    train_set, val_set, pool_set = datasets.prepare(loaded, fraction, val_fraction, seed, spec.get("fold"), spec.get("folds"))
     log.info("%s: %d train, %d validation and %d held-out rows, %d classes", dataset, len(train_set.y), len(val_set.y),
              len(pool_set.y), train_set.n_classes)
     datasets.save(train, train_set)
