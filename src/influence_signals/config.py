@@ -191,7 +191,7 @@ def check(config: Mapping[str, Any]) -> None:
                 if modality and modality not in spec.modalities:
                     raise ConfigError(f"{where}: glitch {glitch} is defined for {' and '.join(spec.modalities)} data, "
                                       f"but {name} is {modality}")
-                if spec.needs_source:
+                if spec.requires_source(glitch_options(config, glitch)):
                     _check_source(config, glitch, name, block["models"])
         models_used.update(block["models"])
     if not all_jobs(config):

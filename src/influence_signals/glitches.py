@@ -286,10 +286,14 @@ class GlitchType(Entry):
     """A glitch type: how to inject it, what kind of error it is, and what it needs."""
 
     inject: Callable[..., GlitchResult]  # (train, ratio, rng, [source], **options)
-    kind: Literal["mislabel", "anomaly", "none"]
+    kind: Literal["mislabel", "anomaly", "mixture", "none"]
     modalities: tuple[str, ...] = ("image", "tabular")
-    needs_source: bool = False  # a second data set (far-CA rows), named per data set under `sources`
+    needs_source: bool | Callable[[Mapping[str, Any]], bool] = False  # a second data set (far-CA rows), per data set
     uses_ratio: bool = True
+
+    def requires_source(self, options: Mapping[str, Any]) -> bool:
+        """Whether, with these options, it needs a source data set (named under its options' `sources`)."""
+        return self.needs_source(options) if callable(self.needs_source) else self.needs_source
 
 
 GLITCHES: Registry[GlitchType] = Registry("glitch")
@@ -315,6 +319,56 @@ GLITCHES.add(GlitchType(
 GLITCHES.add(GlitchType(name="none", label="No glitch", inject=no_glitch, kind="none", uses_ratio=False))
 
 
+def mixture(train: DataSet, ratio: float, rng: np.random.Generator, source: DataSet | None = None,
+            components: Mapping[str, float] | None = None, **options: Any) -> GlitchResult:
+    """Several glitch types in one training set, each on rows no other type touched; ``components`` maps a
+    type to its share of ``ratio``. Row-preserving types go first, each on the still-clean rows; far-CA
+    (which appends rows) goes last. The error table names each row's own type.
+    """
+    components = dict(components or {"uniform": 0.5, "far_ca": 0.5})
+    unknown = [g for g in components if g not in GLITCHES or g in ("mixture", "none", "near_ca")]
+    if unknown:
+        raise GlitchError(f"mixture components {unknown} cannot be mixed; use row-preserving types and far_ca")
+    current, table = train, no_glitch(train, ratio, rng)[1]
+    for name in sorted(components, key=lambda g: (g == "far_ca", g)):
+        spec, share = GLITCHES[name], float(components[name])
+        own = dict(options.get(name, {}))
+        if spec.requires_source(own):
+            current, added = spec.inject(current, share * ratio, rng, source, **own)
+            carried = ~added["glitched"].to_numpy()
+            previous = table.iloc[added.loc[carried, "origin_index"].to_numpy()]
+            for column in ("glitched", "glitch", "true_label", "origin", "origin_index"):
+                added.loc[carried, column] = previous[column].to_numpy()
+            table = added
+            continue
+        clean = np.flatnonzero(~table["glitched"].to_numpy())
+        count = glitch_count(share * ratio, len(current.y))
+        part, part_table = spec.inject(current.subset(clean), count / len(clean) if len(clean) else 0.0, rng, **own)
+        x, y = current.x.copy(), current.y.copy()
+        x[clean], y[clean] = part.x, part.y
+        current = replace(current, x=x, y=y)
+        hit = clean[part_table["glitched"].to_numpy()]
+        table.loc[hit, "glitched"] = True
+        table.loc[hit, "glitch"] = part_table.loc[part_table["glitched"], "glitch"].to_numpy()
+        table["observed_label"] = current.y
+    table["row"] = np.arange(len(table))
+    return current, table.reset_index(drop=True)
+
+
+GLITCHES.add(GlitchType(
+    name="mixture", label="Mixture", inject=mixture, kind="mixture",
+    needs_source=lambda options: "far_ca" in options.get("components", {"far_ca": 1}),
+    options={"components": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+                            "description": "glitch type -> its share of the ratio, e.g. {uniform: 0.5, far_ca: 0.5}"},
+             "sources": {"type": "object", "additionalProperties": {"type": "string"}},
+             **{name: {"type": "object"} for name in ("uniform", "class_dependent", "class_pairs", "outlier", "far_ca")}}))
+
+
+def kind_of(glitch_column: str) -> str:
+    """What kind of error a row's ``glitch`` entry is (``outlier:stripe`` -> anomaly): the detector's type."""
+    return GLITCHES[glitch_column.split(":")[0]].kind
+
+
 def inject(train: DataSet, glitch: str, ratio: float, seed: int, source: DataSet | None = None,
            options: Mapping[str, Any] | None = None) -> GlitchResult:
     """Apply ``glitch`` at ``ratio`` with a generator seeded by ``seed``; return the set and its error table."""
@@ -329,6 +383,6 @@ def inject(train: DataSet, glitch: str, ratio: float, seed: int, source: DataSet
     if spec.uses_ratio:
         check_ratio(ratio)
     rng = np.random.default_rng(seed)
-    if spec.needs_source:
+    if spec.requires_source(options):
         return spec.inject(train, ratio, rng, source, **options)
     return spec.inject(train, ratio, rng, **options)

@@ -291,3 +291,28 @@ def open_influence(folder: str | Path, device: str = "cpu") -> TracInEngine | De
 
 def write_matrix(path: str | Path, engine: TracInEngine) -> None:
     save_npz(path, influence=engine.matrix().cpu().numpy(), self_influence=engine.self_influence().sum(0).cpu().numpy())
+
+
+class Relabelled:
+    """The last checkpoint's influence with every train row's label replaced (the follow-up's counterfactual).
+
+    Only the train rows' error vectors change (softmax - onehot(y')), so it costs one pass of one
+    checkpoint, through the same tiles as the engine (``class_masses`` accepts it as a source).
+    """
+
+    def __init__(self, engine: TracInEngine, labels: np.ndarray) -> None:
+        self.engine, self.labels, self.device = engine, labels, engine.device
+        self.n_checkpoints, self.n_train, self.n_val = 1, engine.n_train, engine.n_val
+
+    def blocks(self, row_block: int = 1024, col_block: int = 1024) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+        engine, last = self.engine, self.engine.n_checkpoints - 1
+        val_errors, val_features = engine.val_errors[last : last + 1], engine.val_features[last : last + 1]
+        for start in range(0, self.n_train, row_block):
+            stop = min(start + row_block, self.n_train)
+            errors, features = engine._factors("train", self.labels, start, stop)
+            errors, features = errors[last : last + 1] * engine.weights[last], features[last : last + 1]
+            for col in range(0, self.n_val, col_block):
+                col_stop = min(col + col_block, self.n_val)
+                block = torch.bmm(features, val_features[:, col:col_stop].transpose(1, 2))
+                yield slice(start, stop), slice(col, col_stop), block.mul_(
+                    torch.bmm(errors, val_errors[:, col:col_stop].transpose(1, 2)))

@@ -61,10 +61,41 @@ def _per_signal(scores: pd.DataFrame, errors: pd.DataFrame) -> tuple[np.ndarray,
     return glitch_mask(errors), {name: scores[name].to_numpy(dtype=np.float64) for name in scores.columns if name != "row"}
 
 
+def targets(errors: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What a ranking is scored against: all glitched rows, and in a mixture each glitch type on its own."""
+    errors = errors.sort_values("row")
+    family = errors["glitch"].astype(str).str.split(":").str[0].to_numpy()
+    masks = {"all": errors["glitched"].to_numpy(dtype=bool)}
+    present = sorted(set(family[masks["all"]]))
+    if len(present) > 1:
+        masks.update({name: family == name for name in present})
+    return masks
+
+
 def evaluate(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
-    """One row of metrics per signal (every column of ``scores`` but ``row``)."""
-    glitched, by_signal = _per_signal(scores, errors)
-    return pd.DataFrame([{"signal": name, **detection(values, glitched)} for name, values in by_signal.items()])
+    """One row of metrics per signal (every column of ``scores`` but ``row``) and target (see ``targets``)."""
+    _, by_signal = _per_signal(scores, errors)
+    return pd.DataFrame([{"target": target, "signal": name, **detection(values, mask)}
+                         for target, mask in targets(errors).items() for name, values in by_signal.items()])
+
+
+def detector_quality(detections: pd.DataFrame, errors: pd.DataFrame) -> dict[str, float]:
+    """Of the k rows the detector flags (k = number of glitches): how often its type is right on true glitches,
+    and how often its suggested label is the true one on true mislabels."""
+    from .glitches import kind_of
+
+    detections, errors = detections.sort_values("row"), errors.sort_values("row")
+    glitched = errors["glitched"].to_numpy(dtype=bool)
+    flagged = np.zeros(len(glitched), dtype=bool)
+    flagged[ranking(detections["suspicion"].to_numpy(dtype=np.float64))[: int(glitched.sum())]] = True
+    true_kind = np.array([kind_of(g) for g in errors["glitch"].astype(str)])
+    predicted = np.where(detections["glitch_type"].to_numpy() == "anomaly", "anomaly", "mislabel")
+    hits = flagged & glitched
+    mislabels = hits & (true_kind == "mislabel")
+    repaired = detections["suggested_label"].to_numpy() == errors["true_label"].to_numpy()
+    return {"type_accuracy": float((predicted[hits] == true_kind[hits]).mean()) if hits.any() else np.nan,
+            "repair_accuracy": float(repaired[mislabels].mean()) if mislabels.any() else np.nan,
+            "flagged_glitches": int(hits.sum())}
 
 
 def curves(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:

@@ -38,9 +38,11 @@ def save_figure(figure: plt.Figure, path: str) -> None:
     plt.close(figure)
 
 
-def _labelled(frame: pd.DataFrame, signals: Sequence[str]) -> pd.DataFrame:
+def _labelled(frame: pd.DataFrame, signals: Sequence[str], keep_targets: bool = False) -> pd.DataFrame:
     names, glitch_names = signal_labels(), GLITCHES.labels()
     frame = frame[frame["signal"].isin(signals)].copy()
+    if "target" in frame.columns and not keep_targets:
+        frame = frame[frame["target"] == "all"]
     frame["Signal"] = frame["signal"].map(lambda s: names.get(s, s))
     frame["Glitch"] = frame["glitch"].map(lambda g: glitch_names.get(g, g))
     return frame
@@ -117,6 +119,23 @@ def accuracy_table(accuracy: pd.DataFrame, csv_path: str, markdown_path: str) ->
     return table
 
 
+def per_type(metrics: pd.DataFrame, path: str, signals: Sequence[str], title: str = "") -> None:
+    """Figure 6: F1 of each detector or signal per glitch type, mixtures split by the type of their rows."""
+    data = _labelled(metrics, signals, keep_targets=True)
+    glitch_names = GLITCHES.labels()
+    mixed = data["target"] != "all"
+    data = data[mixed | ~data["glitch"].eq("mixture")].copy()
+    data.loc[mixed, "Glitch"] = "Mixture: " + data.loc[mixed, "target"].map(lambda g: glitch_names.get(g, g))
+    grid = _seaborn().catplot(data=data, kind="bar", x="f1", y="Signal", hue="dataset", col="Glitch", col_wrap=4,
+                              order=_order(signals), errorbar="sd", height=3.4, aspect=0.9, sharex=True)
+    grid.set_axis_labels("F1 at the glitch ratio", "")
+    grid.set_titles("{col_name}")
+    grid.set(xlim=(0, 1))
+    if title:
+        grid.figure.suptitle(title, y=1.02)
+    save_figure(grid.figure, path)
+
+
 @dataclass(frozen=True, kw_only=True)
 class FigureKind(Entry):
     """A kind of figure: how it is drawn and which per-job file of metrics it reads."""
@@ -129,3 +148,5 @@ FIGURE_KINDS: Registry[FigureKind] = Registry("figure kind")
 FIGURE_KINDS.add(FigureKind(name="bars", label="F1 per signal and model", draw=bars, per_job="metrics.csv"))
 FIGURE_KINDS.add(FigureKind(name="ratios", label="F1 against the glitch ratio", draw=ratios, per_job="metrics.csv"))
 FIGURE_KINDS.add(FigureKind(name="epochs", label="F1 per single epoch", draw=epochs, per_job="epoch_metrics.csv"))
+FIGURE_KINDS.add(FigureKind(name="per_type", label="F1 per glitch type, mixtures split", draw=per_type,
+                            per_job="metrics.csv"))

@@ -31,7 +31,7 @@ from .registry import Entry, Registry
 if TYPE_CHECKING:
     import torch
 
-INPUTS = ("class_sums", "class_masses", "self_influence", "features", "logits")
+INPUTS = ("class_sums", "class_masses", "self_influence", "features", "logits", "relabelled", "data")
 
 
 class InfluenceSource(Protocol):
@@ -93,8 +93,8 @@ class SignalInputs:
     """Every input a signal may need, each computed once on first use (float64 numpy arrays)."""
 
     def __init__(self, source: InfluenceSource, store: FactorStore, row_block: int = 1024, col_block: int = 1024,
-                 k_neighbours: int = 5, seed: int = 0) -> None:
-        self.source, self.store = source, store
+                 k_neighbours: int = 5, seed: int = 0, data: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.source, self.store, self.data = source, store, data  # data: train and validation inputs, if given
         self.row_block, self.col_block, self.k_neighbours, self.seed = row_block, col_block, k_neighbours, seed
         self.y_train: np.ndarray = store.y_train
         self.y_val: np.ndarray = store.y_val
@@ -138,13 +138,45 @@ class SignalInputs:
         """Training rows' logits at every checkpoint (T, n, C)."""
         return self.store.all("train_logits")
 
+    def relabelled_masses(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P', N' (n, C): class masses of the last checkpoint's influence with train labels replaced by ``labels``."""
+        from .influence import Relabelled, TracInEngine, class_masses
+
+        engine = self.source if isinstance(self.source, TracInEngine) else TracInEngine(self.store)
+        pos, neg, _, _ = class_masses(Relabelled(engine, labels), self.y_val, self.n_classes, self.row_block, self.col_block)
+        return pos.cpu().numpy().astype(np.float64), neg.cpu().numpy().astype(np.float64)
+
+    @cached_property
+    def cnci(self) -> np.ndarray:
+        """The follow-up's CNCI: relabel each row to y' = argmin_l N_il (the class it harms most), recompute its
+        last-checkpoint influence, and sum its negative part over validation rows of its observed class."""
+        (_, _), (neg, _) = self.class_masses
+        _, neg_relabelled = self.relabelled_masses(neg.argmin(-1))
+        return np.asarray(neg_relabelled[np.arange(len(self.y_train)), self.y_train])
+
+    @cached_property
+    def pcid(self) -> np.ndarray:
+        """The follow-up's PCID: 1 / (MPI_i max_l |P_il - P'_il|), P' with each row relabelled to its
+        second-most-helped class, MPI_i = sum_l P_il."""
+        (pos, _), _ = self.class_masses
+        second = np.argsort(-pos, axis=-1, kind="stable")[:, 1]
+        pos_relabelled, _ = self.relabelled_masses(second)
+        with np.errstate(divide="ignore"):
+            return 1.0 / (pos.sum(-1) * np.abs(pos - pos_relabelled).max(-1))
+
+    @cached_property
+    def detections(self) -> pd.DataFrame:
+        from .detector import detect
+
+        return detect(self)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Signal(Entry):
     """A score per training row: what it needs and how it is computed (from a ``View``, or from all inputs)."""
 
     needs: tuple[str, ...]
-    kind: Literal["influence", "dynamics", "novelty", "baseline"]
+    kind: Literal["influence", "dynamics", "novelty", "baseline", "detector"]
     of_view: Callable[[View], np.ndarray] | None = None  # influence signals: also per checkpoint ("<name>_first")
     of_inputs: Callable[[SignalInputs], np.ndarray] | None = None
 
@@ -192,6 +224,20 @@ def grad_norm(inputs: SignalInputs) -> np.ndarray:
     return np.linalg.norm(errors, axis=-1) * np.sqrt((features**2).sum(-1) + 1)
 
 
+def ordinal_ranks(values: np.ndarray) -> np.ndarray:
+    """0 for the smallest value .. n - 1 for the largest; ties by row index (stable), NaN as the smallest."""
+    order = np.argsort(np.nan_to_num(values, nan=-np.inf), kind="stable")
+    ranks = np.empty(len(values), dtype=np.int64)
+    ranks[order] = np.arange(len(values))
+    return ranks
+
+
+def _detector() -> Any:
+    from . import detector
+
+    return detector
+
+
 def _baselines() -> Any:
     """The baselines module, imported when a baseline is computed (it needs scikit-learn and cleanlab)."""
     from . import baselines
@@ -219,6 +265,11 @@ _add(Signal(name="class_contrast", label="Other- vs own-class help", needs=("cla
 # class (a mislabel's true class) rather than spread thin (a hard but correct row).
 _add(Signal(name="harm_concentration", label="Concentrated harm", needs=("class_masses",), kind="influence",
             of_view=lambda v: (-v.neg * ~v.own).max(-1) / ((v.pos * v.own).sum(-1) + (-v.neg).sum(-1) + 1e-12)))
+_add(Signal(name="cnci", label="CNCI", needs=("class_masses", "relabelled"), kind="influence", of_inputs=lambda i: i.cnci))
+_add(Signal(name="pcid", label="PCID", needs=("class_masses", "relabelled"), kind="influence", of_inputs=lambda i: i.pcid))
+# CFRank: each row's rank under CNCI and under PCID (0 = least suspicious), the larger kept
+_add(Signal(name="cfrank", label="CFRank", needs=("class_masses", "relabelled"), kind="influence",
+            of_inputs=lambda i: np.maximum(ordinal_ranks(i.cnci), ordinal_ranks(i.pcid))))
 _add(Signal(name="si_max", label="SI, max over epochs", needs=("self_influence",), kind="dynamics",
             of_inputs=lambda i: i.unweighted_self_influence.max(0)))
 _add(Signal(name="si_area", label="SI, area over epochs", needs=("self_influence",), kind="dynamics",
@@ -235,6 +286,12 @@ _add(Signal(name="confident_learning", label="Confident learning", needs=("featu
             of_inputs=lambda i: _baselines().confident_learning(i.features[0], i.y_train, i.n_classes, i.seed)))
 _add(Signal(name="isolation_forest", label="Isolation Forest", needs=("features",), kind="baseline",
             of_inputs=lambda i: _baselines().isolation_forest(i.features[0], i.seed)))
+_add(Signal(name="clean_reference", label="Clean-reference classifier", needs=("features",), kind="novelty",
+            of_inputs=lambda i: 1 - _detector().clean_reference_probabilities(i)[np.arange(len(i.y_train)), i.y_train]))
+_add(Signal(name="novelty", label="Reference novelty", needs=("features", "data"), kind="novelty",
+            of_inputs=lambda i: _detector().novelty(i)[0]))
+_add(Signal(name="detector", label="Detector (ours)", needs=("features", "logits", "data"), kind="detector",
+            of_inputs=lambda i: i.detections["suspicion"].to_numpy()))
 
 FIRST_SUFFIX = "_first"  # "<signal>_first": the signal from the first checkpoint alone (the study's early-epoch view)
 

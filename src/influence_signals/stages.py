@@ -116,28 +116,42 @@ def compute_influence(train_set: str, val_set: str, checkpoints: str, model: str
         influence.write_matrix(Path(factors) / "matrix.npz", influence.TracInEngine(FactorStore(factors), device))
 
 
-def compute_signals(factors: str, train_set: str, seed: int, row_block: int, col_block: int, k_neighbours: int,
-                    use_baselines: bool, names: Sequence[str] | None, device: str, scores: str, per_epoch: str) -> None:
-    """Every selected signal per training row (each input computed once), with the row's id and labels."""
+def compute_signals(factors: str, train_set: str, val_set: str, seed: int, row_block: int, col_block: int,
+                    k_neighbours: int, use_baselines: bool, names: Sequence[str] | None, device: str, scores: str,
+                    per_epoch: str, detections: str) -> None:
+    """Every selected signal per training row (each input computed once) with the row's id and label, and the
+    detector's verdict on every row (suspicion, glitch type, suggested label, confidence)."""
     from . import influence
 
     store = FactorStore(factors)
     chosen = [s.name for s in signals.SIGNALS if (names is None or s.name in names)
               and (use_baselines or s.kind != "baseline")]
-    inputs = signals.SignalInputs(influence.open_influence(factors, device), store, row_block, col_block, k_neighbours, seed)
+    train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
+    inputs = signals.SignalInputs(influence.open_influence(factors, device), store, row_block, col_block, k_neighbours,
+                                  seed, (train_data.x, val_data.x))
     table, per_checkpoint, stepwise = signals.compute(inputs, chosen)
-    table.insert(1, "id", datasets.load_saved(train_set).ids)
+    table.insert(1, "id", train_data.ids)
     table.insert(2, "observed_label", store.y_train)
+    verdict = inputs.detections.copy()
+    verdict.insert(1, "id", train_data.ids)
+    verdict.insert(2, "observed_label", store.y_train)
     write_csv(scores, table)
+    write_csv(detections, verdict)
     save_npz(per_epoch, scores=per_checkpoint, signals=np.array(stepwise), epochs=np.array(store.meta.epochs))
 
 
-def evaluate(scores: str, errors: str, per_epoch: str, factors: str, val_set: str, metrics_out: str,
+def evaluate(scores: str, errors: str, per_epoch: str, detections: str, factors: str, val_set: str, metrics_out: str,
              epoch_metrics: str, accuracy: str, curves: str) -> None:
-    """F1 / AP / AUROC of every score; found-vs-inspected curves; per-epoch F1; accuracy (the study's Table 1)."""
+    """F1 / AP / AUROC of every score (and the detector's type and repair accuracy); found-vs-inspected
+    curves; per-epoch F1; accuracy (the study's Table 1)."""
     table = pd.read_csv(errors)
     score_table = pd.read_csv(scores).drop(columns=["id", "observed_label"])
-    write_csv(metrics_out, metrics.evaluate(score_table, table))
+    result = metrics.evaluate(score_table, table)
+    if table["glitched"].any():
+        quality = metrics.detector_quality(pd.read_csv(detections), table)
+        for key, value in quality.items():
+            result.loc[(result["signal"] == "detector") & (result["target"] == "all"), key] = value
+    write_csv(metrics_out, result)
     write_csv(curves, metrics.curves(score_table, table))
     arrays = load_npz(per_epoch)
     write_csv(epoch_metrics, metrics.per_epoch_f1(arrays["scores"], list(arrays["signals"]), metrics.glitch_mask(table),
@@ -164,7 +178,9 @@ def aggregate(metric_files: Sequence[str], accuracy_files: Sequence[str], jobs: 
     """Mean and sd over seeds of every metric, and the overview figure."""
     from . import plots
 
-    table = metrics.summarise(_with_job(metric_files, jobs), [*JOB_KEYS, "signal"])
+    per_job = _with_job(metric_files, jobs)
+    values = [c for c in ("f1", "ap", "auroc", "type_accuracy", "repair_accuracy") if c in per_job.columns]
+    table = metrics.summarise(per_job, [*JOB_KEYS, "target", "signal"], values)
     write_csv(summary, table)
     accuracy = _with_job(accuracy_files, jobs)
     accuracy_table = metrics.summarise(accuracy, JOB_KEYS, [c for c in accuracy.columns if c.startswith("accuracy")])

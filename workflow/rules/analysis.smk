@@ -5,9 +5,11 @@ rule signals:
     input:
         factors="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence",
         train_set="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/train.npz",
+        val_set=lambda w: data_path(w.dataset, w.seed, "val"),
     output:
         scores="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/scores.csv",
         per_epoch="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/per_epoch.npz",
+        detections="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/detections.csv",
     params:
         seed=lambda w: int(w.seed),
         row_block=config["signals"]["row_block"],
@@ -32,6 +34,7 @@ rule evaluate:
     input:
         scores="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/scores.csv",
         per_epoch="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/per_epoch.npz",
+        detections="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/detections.csv",
         errors="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/errors.csv",
         factors="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence",
         val_set=lambda w: data_path(w.dataset, w.seed, "val"),

@@ -64,7 +64,7 @@ def data_files(wildcards):
 
 def inject_inputs(wildcards):
     inputs = {"clean_train": data_path(wildcards.dataset, wildcards.seed, "train")}
-    if GLITCHES[wildcards.glitch].needs_source:
+    if GLITCHES[wildcards.glitch].requires_source(cfg.glitch_options(config, wildcards.glitch)):
         source = cfg.glitch_source(config, wildcards.glitch, wildcards.dataset)
         inputs["source"] = data_path(source, wildcards.seed, "pool")
     return inputs
