@@ -18,7 +18,8 @@ from influence_signals.signals import SIGNALS, labels
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "influence_signals"
-STAGES = ["prepare", "inject", "train", "compute_influence", "compute_signals", "evaluate", "aggregate", "figure", "table"]
+STAGES = ["prepare", "inject", "train", "compute_influence", "compute_signals", "evaluate", "score", "aggregate", "figure",
+          "table"]
 
 
 def test_planning_imports_neither_torch_nor_sklearn():
@@ -66,14 +67,14 @@ def test_editing_a_helper_used_by_signals_reruns_signals_and_what_follows_only(t
     edited = _edited_copy(tmp_path, "signals", "    t -= t.mean()\n", "    t = t - t.mean()  # edited\n")
     after = {stage: fingerprint.stage_fingerprint(stage, edited) for stage in STAGES}
     changed = {stage for stage in STAGES if before[stage] != after[stage]}
-    assert changed == {"compute_signals", "aggregate", "figure", "table"}  # figures and tables read signal labels
+    assert changed == {"compute_signals", "score", "aggregate", "figure", "table"}  # figures and tables read signal labels
 
 
 @pytest.mark.parametrize("module,old,new,expected", [
     ("stages", 'JOB_KEYS = ("dataset", "model", "glitch", "ratio")', 'JOB_KEYS = ("dataset", "model", "glitch", "ratio", "seed")',
      {"aggregate"}),  # a module constant of stages reaches the stage that uses it, and no other
     ("training", "    return seed * 100_003 + epoch", "    return seed * 100_019 + epoch",
-     {"train", "compute_influence", "compute_signals", "aggregate", "figure", "table"}),
+     {"train", "compute_influence", "compute_signals", "score", "aggregate", "figure", "table"}),
 ])
 def test_a_changed_constant_or_helper_reaches_its_stages(tmp_path, module, old, new, expected):
     before = {stage: fingerprint.stage_fingerprint(stage) for stage in STAGES}

@@ -33,7 +33,7 @@ def test_a_figure_target_plans_only_its_own_jobs(tmp_path):
     counts = dry_run("results/fig4b.pdf", "-d", str(tmp_path), "--configfile", str(ROOT / "config.yaml"))
     splits = {cfg.split_seed(config, job.seed) for job in jobs}  # one prepared split per seed (resample_per_seed)
     assert counts == {"prepare": len(splits), "inject": len(jobs), "train": len(jobs), "influence": len(jobs),
-                      "signals": len(jobs), "evaluate": len(jobs), "figure": 1}
+                      "signals": len(jobs), "figure": 1}  # signals and evaluate share one job
 
 
 def test_paper_preset_plans_the_study_grid(tmp_path):

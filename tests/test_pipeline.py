@@ -61,7 +61,7 @@ def finished(tmp_path_factory) -> Path:
     write_config(folder, TINY)
     # prepare: digits, its far-CA source shapes, the pre-training set, synth_tabular once per seed
     assert planned(folder) == {"prepare": 5, "inject": 3, "pretrain": 1, "train": 3, "influence": 3,
-                               "signals": 3, "evaluate": 3, "aggregate": 1, "all": 1}
+                               "signals": 3, "aggregate": 1, "all": 1}
     snakemake(folder, "--cores", "2")
     return folder
 
@@ -97,10 +97,10 @@ def test_changed_stage_parameter_reruns_only_that_stage_and_what_follows(finishe
     changed["signals"]["k_neighbours"] = 3
     write_config(finished, changed)
     try:
-        assert planned(finished) == {"signals": 3, "evaluate": 3, "aggregate": 1, "all": 1}
+        assert planned(finished) == {"signals": 3, "aggregate": 1, "all": 1}
         changed["train"]["models"]["mlp"]["lr"] = 0.05
         write_config(finished, changed)
-        assert planned(finished) == {"train": 2, "influence": 2, "signals": 3, "evaluate": 3, "aggregate": 1, "all": 1}
+        assert planned(finished) == {"train": 2, "influence": 2, "signals": 3, "aggregate": 1, "all": 1}
     finally:
         write_config(finished, TINY)
 

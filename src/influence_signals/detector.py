@@ -5,13 +5,13 @@ The study's validation split is clean, and that is what the detector leans on (n
 - Label evidence: a classifier fitted on the clean validation rows' penultimate features predicts each
   training row out of sample (``clean_reference``: 1 - p(observed label)); fused by rank with AUM, the
   training-dynamics margin. Its argmax is the suggested label.
-- Novelty evidence: in the input space and in the penultimate space, log(distance to the k nearest
-  validation rows / distance to the k nearest other training rows). Far-clustered anomalies sit in a
-  dense cluster of their own that no validation row shares; outliers are far from everything. The same
-  statistic on validation rows (against the other validation rows and the training rows) is its null
-  distribution, so each training row gets an empirical p-value (Bonferroni over the two spaces), and
-  Benjamini-Hochberg at ``FDR`` declares the anomalies: few rows beyond the null (as under pure label
-  noise) declare none, a cluster of them declares them all.
+- Novelty evidence, in the input space and in the penultimate space: the distance to the k nearest
+  validation rows (outliers are far from everything), and its ratio to the distance to the k nearest
+  other training rows (far-clustered anomalies sit in a dense cluster of their own that no validation
+  row shares). The same statistics of validation rows (against the other validation rows and the
+  training rows) are their null distribution, so each training row gets an empirical p-value
+  (Bonferroni over spaces and statistics), and Benjamini-Hochberg at ``FDR`` declares the anomalies: a
+  few rows beyond the null (as under pure label noise) declare none, a cluster of them declares them all.
 - Suspicion: declared anomalies first (by their statistic), then every other row by its label evidence.
 
 Measured on the default grid (README, fig6) against every single signal and cleanlab.
@@ -51,28 +51,34 @@ def clean_reference_probabilities(inputs: SignalInputs) -> np.ndarray:
     return probabilities
 
 
-def density_statistics(train: np.ndarray, val: np.ndarray, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
-    """log(kNN distance to validation / kNN distance to other training rows) for training rows, and its null.
-
-    The null is the same statistic for each validation row (to the other validation rows / to training rows).
-    """
+def density_statistics(train: np.ndarray, val: np.ndarray, k: int = NEIGHBOURS
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(statistic of training rows, its null from validation rows) for: log kNN distance to the validation
+    rows, and log of its ratio to the kNN distance to the other training rows."""
     from sklearn.neighbors import NearestNeighbors
 
     k = max(1, min(k, len(val) - 1, len(train) - 1))
     to_val, to_train = NearestNeighbors(n_neighbors=k + 1).fit(val), NearestNeighbors(n_neighbors=k + 1).fit(train)
     eps = 1e-12
-    train_stat = (np.log(to_val.kneighbors(train, n_neighbors=k)[0].mean(1) + eps)
-                  - np.log(to_train.kneighbors(train)[0][:, 1:].mean(1) + eps))
-    null = (np.log(to_val.kneighbors(val)[0][:, 1:].mean(1) + eps)
-            - np.log(to_train.kneighbors(val, n_neighbors=k)[0].mean(1) + eps))
-    return train_stat, null
+    train_to_val = np.log(to_val.kneighbors(train, n_neighbors=k)[0].mean(1) + eps)
+    val_to_val = np.log(to_val.kneighbors(val)[0][:, 1:].mean(1) + eps)  # itself excluded
+    train_to_train = np.log(to_train.kneighbors(train)[0][:, 1:].mean(1) + eps)
+    val_to_train = np.log(to_train.kneighbors(val, n_neighbors=k)[0].mean(1) + eps)
+    return [(train_to_val, val_to_val), (train_to_val - train_to_train, val_to_val - val_to_train)]
 
 
 def empirical_p_values(statistic: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """(1 + #{null >= s}) / (m + 1) for each s: the chance a clean row is at least this novel."""
+    """(1 + #{null >= s}) / (m + 1) for each s: the chance a clean row is at least this novel.
+
+    Beyond the null's maximum the tail is extrapolated exponentially (scale: the null's robust sd), so
+    that rows far beyond every clean row get p-values below 1 / (m + 1), as Benjamini-Hochberg needs
+    when the anomalies are fewer than the validation rows.
+    """
     ordered = np.sort(null)
     beyond = len(ordered) - np.searchsorted(ordered, statistic, side="left")
-    return (1.0 + beyond) / (len(ordered) + 1.0)
+    scale = 1.4826 * np.median(np.abs(ordered - np.median(ordered))) + 1e-12
+    tail = np.exp(-np.maximum(0.0, statistic - ordered[-1]) / scale)
+    return (1.0 + beyond) / (len(ordered) + 1.0) * tail
 
 
 def benjamini_hochberg(p_values: np.ndarray, fdr: float = FDR) -> np.ndarray:
@@ -83,16 +89,15 @@ def benjamini_hochberg(p_values: np.ndarray, fdr: float = FDR) -> np.ndarray:
 
 
 def novelty(inputs: SignalInputs) -> tuple[np.ndarray, np.ndarray]:
-    """The novelty statistic (max over spaces) and its Bonferroni-combined empirical p-value."""
+    """A novelty score (higher = more novel; -log of the combined p-value, ties broken by the raw p-values)
+    and the Bonferroni-combined empirical p-value."""
     spaces = [inputs.features]
     if inputs.data is not None:
         spaces.append(tuple(a.reshape(len(a), -1) for a in inputs.data))  # type: ignore[arg-type]
-    stats, p_values = [], []
-    for train, val in spaces:
-        statistic, null = density_statistics(train, val)
-        stats.append(statistic)
-        p_values.append(empirical_p_values(statistic, null))
-    return np.max(stats, axis=0), np.minimum(1.0, np.min(p_values, axis=0) * len(spaces))
+    p_values = [empirical_p_values(statistic, null) for train, val in spaces
+                for statistic, null in density_statistics(train, val)]
+    combined = np.minimum(1.0, np.min(p_values, axis=0) * len(p_values))
+    return -np.log(combined) + 1e-3 * percentile(-np.min(p_values, axis=0)), combined
 
 
 def detect(inputs: SignalInputs) -> pd.DataFrame:

@@ -41,7 +41,9 @@ def save_figure(figure: plt.Figure, path: str) -> None:
 def _labelled(frame: pd.DataFrame, signals: Sequence[str], keep_targets: bool = False) -> pd.DataFrame:
     names, glitch_names = signal_labels(), GLITCHES.labels()
     frame = frame[frame["signal"].isin(signals)].copy()
-    if "target" in frame.columns and not keep_targets:
+    if "target" not in frame.columns:
+        frame["target"] = "all"
+    if not keep_targets:
         frame = frame[frame["target"] == "all"]
     frame["Signal"] = frame["signal"].map(lambda s: names.get(s, s))
     frame["Glitch"] = frame["glitch"].map(lambda g: glitch_names.get(g, g))

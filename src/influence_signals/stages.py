@@ -164,6 +164,15 @@ def evaluate(scores: str, errors: str, per_epoch: str, detections: str, factors:
     write_csv(accuracy, pd.DataFrame([row]))
 
 
+def score(factors: str, train_set: str, val_set: str, errors: str, seed: int, row_block: int, col_block: int,
+          k_neighbours: int, use_baselines: bool, names: Sequence[str] | None, device: str, scores: str, per_epoch: str,
+          detections: str, metrics_out: str, epoch_metrics: str, accuracy: str, curves: str) -> None:
+    """Signals and their evaluation in one process (the pipeline's ``signals`` job): one start-up, not two."""
+    compute_signals(factors, train_set, val_set, seed, row_block, col_block, k_neighbours, use_baselines, names,
+                    device, scores, per_epoch, detections)
+    evaluate(scores, errors, per_epoch, detections, factors, val_set, metrics_out, epoch_metrics, accuracy, curves)
+
+
 def _with_job(paths: Sequence[str], keys: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Concatenate per-job tables, each tagged with its job's wildcards."""
     frames = [pd.read_csv(path).assign(**key) for path, key in zip(paths, keys)]

@@ -1,4 +1,4 @@
-# Analysis stages: signals per row, metrics per job, aggregates over the grid.
+# Analysis stages: signals and their metrics per job (one process), aggregates over the grid.
 
 
 rule signals:
@@ -6,10 +6,15 @@ rule signals:
         factors="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence",
         train_set="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/train.npz",
         val_set=lambda w: data_path(w.dataset, w.seed, "val"),
+        errors="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/errors.csv",
     output:
         scores="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/scores.csv",
         per_epoch="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/per_epoch.npz",
         detections="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/detections.csv",
+        metrics_out="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/metrics.csv",
+        epoch_metrics="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/epoch_metrics.csv",
+        accuracy="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/accuracy.csv",
+        curves="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/curves.csv",
     params:
         seed=lambda w: int(w.seed),
         row_block=config["signals"]["row_block"],
@@ -18,7 +23,7 @@ rule signals:
         use_baselines=config["signals"]["baselines"],
         names=config["signals"]["names"],
         device=config["device"],
-        code=stage_fingerprint("compute_signals"),
+        code=stage_fingerprint("score"),
     log:
         "results/logs/signals/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
     benchmark:
@@ -28,32 +33,6 @@ rule signals:
         "../../envs/pipeline.yaml"
     script:
         "../scripts/signals.py"
-
-
-rule evaluate:
-    input:
-        scores="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/scores.csv",
-        per_epoch="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/per_epoch.npz",
-        detections="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/detections.csv",
-        errors="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/errors.csv",
-        factors="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence",
-        val_set=lambda w: data_path(w.dataset, w.seed, "val"),
-    output:
-        metrics_out="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/metrics.csv",
-        epoch_metrics="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/epoch_metrics.csv",
-        accuracy="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/accuracy.csv",
-        curves="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/curves.csv",
-    params:
-        code=stage_fingerprint("evaluate"),
-    log:
-        "results/logs/evaluate/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
-    benchmark:
-        "results/benchmarks/evaluate/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
-    threads: 1
-    conda:
-        "../../envs/pipeline.yaml"
-    script:
-        "../scripts/evaluate.py"
 
 
 rule aggregate:

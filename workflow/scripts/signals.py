@@ -5,4 +5,4 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 - works without installing
 from influence_signals import stages  # noqa: E402
 
-stages.run_from_snakemake(snakemake, stages.compute_signals)  # noqa: F821 - injected by Snakemake
+stages.run_from_snakemake(snakemake, stages.score)  # noqa: F821 - injected by Snakemake

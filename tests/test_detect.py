@@ -1,0 +1,144 @@
+"""The follow-up's signals on a hand-built case, the sign fact, mixtures, and the detector's verdicts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.special import softmax
+
+from influence_signals import datasets, detector, glitches, influence, metrics, models, signals, training
+from influence_signals.factors import ARRAYS, FactorStore
+
+RNG = np.random.default_rng(7)
+N, M, C, D, T = 7, 9, 3, 4, 2
+
+
+def write_store(folder: Path, logits: dict[str, np.ndarray], features: dict[str, np.ndarray], y_train: np.ndarray,
+                y_val: np.ndarray, weights: list[float]) -> FactorStore:
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"train_logits": logits["train"], "train_features": features["train"],
+              "val_logits": logits["val"], "val_features": features["val"]}
+    for name in ARRAYS:
+        np.save(folder / f"{name}.npy", arrays[name].astype(np.float32))
+    np.save(folder / "y_train.npy", y_train)
+    np.save(folder / "y_val.npy", y_val)
+    meta = {"n_train": len(y_train), "n_val": len(y_val), "n_classes": C, "dim": D, "weights": weights,
+            "epochs": list(range(1, len(weights) + 1)), "checkpoints": [], "weighting": "lr"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return FactorStore(folder)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    logits = {"train": RNG.normal(size=(T, N, C)), "val": RNG.normal(size=(T, M, C))}
+    features = {"train": RNG.random((T, N, D)), "val": RNG.random((T, M, D))}
+    y_train, y_val = np.array([0, 1, 2, 0, 1, 2, 0]), np.array([0, 0, 1, 1, 2, 2, 0, 1, 2])
+    store = write_store(tmp_path_factory.mktemp("store"), logits, features, y_train, y_val, [0.5, 0.25])
+    return store, logits, features, y_train, y_val
+
+
+def dense(logits, features, y_train, y_val, t):
+    """I_t(i, j) = w_t (e_i . e_j)(h_i . h_j + 1) written out with numpy, labels given explicitly."""
+    e_train = softmax(logits["train"][t], -1) - np.eye(C)[y_train]
+    e_val = softmax(logits["val"][t], -1) - np.eye(C)[y_val]
+    h_train, h_val = features["train"][t], features["val"][t]
+    return (e_train @ e_val.T) * (h_train @ h_val.T + 1)
+
+
+def test_cnci_pcid_cfrank_equal_their_definitions(case):
+    store, logits, features, y_train, y_val = case
+    weights = [0.5, 0.25]
+    total = sum(w * dense(logits, features, y_train, y_val, t) for t, w in enumerate(weights))
+    onehot = np.eye(C)[y_val]
+    neg, pos = np.minimum(total, 0) @ onehot, np.maximum(total, 0) @ onehot
+    # CNCI: relabel to the class harmed most, recompute at the last checkpoint, negative part on the own class
+    relabel = neg.argmin(1)
+    last = weights[-1] * dense(logits, features, relabel, y_val, T - 1)
+    cnci = np.array([np.minimum(last[i], 0)[y_val == y_train[i]].sum() for i in range(N)])
+    # PCID: relabel to the second-most-helped class; 1 / (MPI * max_l |P - P'|)
+    second = np.argsort(-pos, axis=1, kind="stable")[:, 1]
+    last2 = weights[-1] * dense(logits, features, second, y_val, T - 1)
+    pcid = 1 / (np.maximum(total, 0).sum(1) * np.abs(pos - np.maximum(last2, 0) @ onehot).max(1))
+    inputs = signals.SignalInputs(influence.TracInEngine(store), store, row_block=3, col_block=4)
+    table, _, _ = signals.compute(inputs, ["cnci", "pcid", "cfrank"])
+    np.testing.assert_allclose(table["cnci"], cnci, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(table["pcid"], pcid, rtol=1e-4)
+    ranks = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable")  # noqa: E731
+    np.testing.assert_array_equal(table["cfrank"], np.maximum(ranks(cnci), ranks(pcid)))
+
+
+def test_ordinal_ranks_by_hand():
+    np.testing.assert_array_equal(signals.ordinal_ranks(np.array([0.3, -1.0, 0.3, np.nan])), [2, 1, 3, 0])
+
+
+def test_rows_never_harm_their_own_class_when_head_inputs_are_nonnegative(tmp_path):
+    """ReLU features make h_i . h_j + 1 > 0 and e_i . e_j > 0 for equal labels: N_iy = 0 exactly (why the
+    study's class-and-sign-aware signal is degenerate there, and ours use P_iy instead)."""
+    assert models.MODELS["mlp"].nonnegative_head_inputs
+    data = datasets.make_tabular(n_rows=240, n_features=5, n_classes=3, seed=3)
+    train, val, _ = datasets.prepare(data, 1.0, 0.25, 0)
+    train, _ = glitches.inject(train, "uniform", 0.2, 0)
+    torch.manual_seed(0)
+    model = models.build("mlp", (5,), 3, {"n_blocks": 2, "d_block": 16})
+    training.train(model, train, val, training.TrainSettings(epochs=3, lr=0.1, batch_size=32), tmp_path / "c")
+    influence.compute_factors(model, training.epoch_checkpoints(tmp_path / "c"), train, val, tmp_path / "f")
+    store = FactorStore(tmp_path / "f")
+    assert store.all("train_features").min() >= 0
+    _, neg, _, neg_t = influence.class_masses(influence.TracInEngine(store), store.y_val, 3)
+    rows = np.arange(len(store.y_train))
+    assert (neg[rows, store.y_train] == 0).all() and (neg_t[:, rows, store.y_train] == 0).all()
+    assert (neg.sum(1) < 0).any()  # harm exists, on the other classes
+
+
+def test_mixture_error_table_is_exact(images, shapes):
+    """Each type on its own rows, with the counts its share asks for; clean rows untouched."""
+    options = {"components": {"uniform": 0.5, "outlier": 0.25, "far_ca": 0.25}}
+    glitched, table = glitches.inject(images, "mixture", 0.2, 1, shapes, options)
+    family = table["glitch"].str.split(":").str[0]
+    n = len(images.y)
+    assert (family == "uniform").sum() == glitches.glitch_count(0.1, n)
+    assert (family == "outlier").sum() == glitches.glitch_count(0.05, n)
+    assert (family == "far_ca").sum() == glitches.glitch_count(0.05, len(glitched.y))
+    original = table[table["origin"] == "train"]
+    source_x, source_y = images.x[original["origin_index"]], images.y[original["origin_index"]]
+    changed_x = (glitched.x[original["row"]] != source_x).reshape(len(original), -1).any(1)
+    changed_y = glitched.y[original["row"]] != source_y
+    np.testing.assert_array_equal(changed_x, family[original.index].eq("outlier").to_numpy())
+    np.testing.assert_array_equal(changed_y, family[original.index].eq("uniform").to_numpy())
+    np.testing.assert_array_equal(table["true_label"][original.index], source_y)
+    assert set(metrics.targets(table)) == {"all", "uniform", "outlier", "far_ca"}
+
+
+def test_benjamini_hochberg_and_empirical_p_values_by_hand():
+    null = np.array([0.0, 1.0, 2.0, 3.0])
+    # within the null: (1 + #beyond) / (m + 1); beyond its maximum 3, an exponential tail with the robust sd 1.4826
+    np.testing.assert_allclose(detector.empirical_p_values(np.array([5.0, 2.0, -1.0]), null),
+                               [np.exp(-2 / 1.4826) / 5, 3 / 5, 1.0], rtol=1e-6)
+    p = np.array([0.01, 0.02, 0.03, 0.5])  # BH at 0.1: p_(k) <= 0.1 k / 4 holds for k = 1, 2, 3
+    np.testing.assert_array_equal(detector.benjamini_hochberg(p, 0.1), [True, True, True, False])
+    assert not detector.benjamini_hochberg(np.array([0.2, 0.5, 0.9]), 0.1).any()
+
+
+def test_the_detector_finds_types_and_repairs_labels(tmp_path):
+    """On a table with mislabels and far-off rows: verdict columns, types and suggested labels."""
+    data = datasets.make_tabular(n_rows=900, n_features=6, n_classes=3, seed=5)
+    train, val, _ = datasets.prepare(data, 1.0, 0.3, 0)
+    train, errors = glitches.inject(train, "mixture", 0.1, 2, options={"components": {"uniform": 0.5, "outlier": 0.5}})
+    torch.manual_seed(0)
+    model = models.build("mlp", (6,), 3, {"n_blocks": 2, "d_block": 32})
+    training.train(model, train, val, training.TrainSettings(epochs=8, lr=0.1, batch_size=32), tmp_path / "c")
+    influence.compute_factors(model, training.epoch_checkpoints(tmp_path / "c"), train, val, tmp_path / "f")
+    store = FactorStore(tmp_path / "f")
+    inputs = signals.SignalInputs(influence.TracInEngine(store), store, data=(train.x, val.x))
+    verdict = inputs.detections
+    assert list(verdict.columns) == ["row", "suspicion", "glitch_type", "suggested_label", "confidence", "novelty_p"]
+    assert set(verdict["glitch_type"]) <= {"mislabel", "anomaly", "none"} and verdict["confidence"].between(0, 1).all()
+    quality = metrics.detector_quality(verdict, errors)
+    assert quality["type_accuracy"] >= 0.8 and quality["repair_accuracy"] >= 0.8
+    assert metrics.detection(verdict["suspicion"].to_numpy(), errors["glitched"].to_numpy())["f1"] >= 0.6
+    outliers = errors["glitch"].str.startswith("outlier").to_numpy()
+    assert (verdict.loc[outliers, "glitch_type"] == "anomaly").mean() >= 0.8
