@@ -142,3 +142,24 @@ def test_the_detector_finds_types_and_repairs_labels(tmp_path):
     assert metrics.detection(verdict["suspicion"].to_numpy(), errors["glitched"].to_numpy())["f1"] >= 0.6
     outliers = errors["glitch"].str.startswith("outlier").to_numpy()
     assert (verdict.loc[outliers, "glitch_type"] == "anomaly").mean() >= 0.8
+
+
+def test_the_anomaly_count_is_zero_under_the_null_and_counts_a_cluster():
+    rng = np.random.default_rng(0)
+    null = rng.random(2000)
+    assert detector.excess_count(null) == 0 and not detector.declared_anomalies(-null, null).any()
+    mixed = np.concatenate([rng.random(1800), rng.random(200) * 1e-3])  # 200 rows far beyond the null
+    declared = detector.declared_anomalies(-np.log(mixed), mixed)
+    assert 180 <= declared.sum() <= 200 / (1 - detector.FDR) + 10 and declared[1800:].mean() > 0.95  # FDR-controlled
+
+
+def test_in_a_mixture_each_type_is_scored_by_the_detectors_own_typing():
+    errors = pd.DataFrame({"row": range(6), "glitched": [1, 1, 0, 1, 0, 0], "true_label": [0, 1, 1, 0, 1, 0],
+                           "glitch": ["uniform", "outlier:stripe", "none", "uniform", "none", "none"]}).astype({"glitched": bool})
+    verdict = pd.DataFrame({"row": range(6), "suspicion": [0.5, 0.9, 0.6, 0.4, 0.1, 0.2],
+                            "glitch_type": ["mislabel", "anomaly", "none", "mislabel", "none", "none"]})
+    typed = metrics.typed_detection(verdict, errors).set_index("target")
+    # uniform: the two rows typed mislabel rank first -> both found; outlier: the one anomaly first
+    assert typed.loc["uniform", "f1"] == 1.0 and typed.loc["outlier", "f1"] == 1.0
+    plain = metrics.detection(verdict["suspicion"].to_numpy(), errors["glitch"].eq("uniform").to_numpy())
+    assert plain["f1"] == 0.5  # the plain ranking puts the outlier and a clean row above one mislabel

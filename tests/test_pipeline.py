@@ -13,26 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "data_dir": "data", "download": False, "device": "cpu", "threads": {"train": 1},
-    "prepare": {"fraction": 1.0, "val_fraction": 0.2, "seed": 0},
-    "datasets": {"digits": {}, "shapes": {}, "shapes_b": {"loader": "shapes", "seed": 1},
-                 "synth_tabular": {"n_rows": 500, "n_classes": 3}},
-    "glitch_options": {"far_ca": {"labels": "single", "sources": {"digits": "shapes"}}},
-    # pre-trained on another draw of shapes: a network's pre-training set cannot be its far-CA source
-    "pretrain": {"resnet20": {"source": "shapes_b", "epochs": 1, "lr": 0.1, "batch_size": 64}},
-    "train": {
-        "defaults": {"epochs": 2, "lr": 0.1, "batch_size": 64},
-        "models": {"resnet20": {"pretrained": "pipeline", "trainable": ["layer3"]},
-                   "mlp": {"epochs": 3, "options": {"n_blocks": 1, "d_block": 32}}},
-    },
-    "influence": {"backend": "factors", "weighting": "lr", "write_matrix": False},
-    "signals": {"row_block": 512, "col_block": 512, "k_neighbours": 5, "baselines": True},
-    "grid": [
-        {"datasets": ["digits"], "models": ["resnet20"], "glitches": ["far_ca"], "ratios": [10], "seeds": [0]},
-        {"datasets": ["synth_tabular"], "models": ["mlp"], "glitches": ["uniform"], "ratios": [10], "seeds": [0, 1]},
-    ],
-}
+TINY = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())  # the snakemake-workflows `.test/` config
 
 
 def snakemake(folder: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

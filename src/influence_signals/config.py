@@ -23,7 +23,7 @@ from .plots import FIGURE_KINDS
 from .signals import SIGNALS, score_names
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-PRETRAINED_KEYWORDS = ("none", "pipeline", "torchvision", "hub")
+PRETRAINED_KEYWORDS = ("none", "pipeline", "torchvision", "hub", "package")
 
 
 class ConfigError(ValueError):

@@ -112,9 +112,11 @@ def parser() -> argparse.ArgumentParser:
                                                           "flagged as mislabels (default 0.1)")
     p.add_argument("--name", help="the data set's name in the config (default: from the file name)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores for Snakemake (default: all)")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1,
+                   help="cores for Snakemake, which runs that many jobs side by side (default: all)")
     p.add_argument("--out", default="report", help="output folder (default: report/)")
-    p.add_argument("--no-snakemake", action="store_true", help="run the stages in this process, without Snakemake")
+    p.add_argument("--no-snakemake", action="store_true",
+                   help="run the stages in this process, one run after another, without Snakemake")
     p.add_argument("--dry-run", action="store_true", help="write the config and show the jobs; run nothing")
     return top
 
@@ -206,14 +208,29 @@ def run_snakemake(plan: Plan, config_file: Path, cores: int, dry_run: bool = Fal
     return subprocess.run(command, cwd=plan.out).returncode
 
 
-def run_direct(plan: Plan, config: Mapping[str, Any], cores: int) -> None:
-    """Every stage of every run in this process, in the order Snakemake would run them, with the same settings."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(cores))
-    import torch
+def run_direct(plan: Plan, config: Mapping[str, Any]) -> None:
+    """Every stage of every run in this process, one run after another, with the settings Snakemake would pass.
 
+    Each stage runs on the config's thread count (``threads``, default 1), as its Snakemake job does: small
+    networks gain nothing from more threads, and spinning BLAS / OpenMP threads slow down badly when other
+    work shares the cores.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = max(int(config["threads"].get(stage, 1)) for stage in ("train", "influence", "signals"))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            _run_direct(plan, config)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_direct(plan: Plan, config: Mapping[str, Any]) -> None:
     from . import stages
 
-    torch.set_num_threads(max(1, cores))
     for fold in range(plan.folds):  # fresh runs: training would resume from an older run's checkpoints
         for folder in ("runs", "data"):
             shutil.rmtree(plan.out / "results" / folder / plan.fold_name(fold), ignore_errors=True)
@@ -506,7 +523,7 @@ def debug(args: argparse.Namespace) -> int:
             for fold, seed in plan.runs():
                 progress(f"would run fold {fold + 1}/{plan.folds}, seed {seed + 1}/{plan.seeds}: {plan.run_dir(fold, seed)}")
             return 0
-        run_direct(plan, full, args.cores)
+        run_direct(plan, full)
     else:
         code = run_snakemake(plan, config_file, args.cores, args.dry_run)
         if code != 0:

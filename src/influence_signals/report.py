@@ -23,7 +23,9 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 DOCS = Path("docs/results")
 STUDY_SIGNALS = ("si", "mi", "aai", "gd_class")
 TABLE_SIGNALS = ("si", "mi", "aai", "gd_class", "sign_aware", "class_contrast", "harm_concentration", "si_first",
-                 "knn_distance", "grad_norm", "loss", "aum", "confident_learning", "isolation_forest")
+                 "cnci", "pcid", "cfrank", "knn_distance", "grad_norm", "loss", "aum", "confident_learning",
+                 "isolation_forest", "clean_reference", "novelty", "detector")
+SINGLE_SIGNALS = tuple(s for s in TABLE_SIGNALS if s != "detector")
 
 
 def f1_table(summary: pd.DataFrame, dataset: str, ratio: int = 10, signals: Sequence[str] = TABLE_SIGNALS) -> str:
@@ -76,6 +78,30 @@ def findings(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def detector_table(summary: pd.DataFrame, ratio: int = 10) -> str:
+    """Per data set and glitch type (mixtures split by type): the detector's F1 against the best single
+    signal and cleanlab, and its type and repair accuracy on the rows it flags."""
+    rows = summary[summary["ratio"] == ratio]
+    names, glitch_names = labels(), GLITCHES.labels()
+    lines = ["| data set | glitch | detector F1 | best single signal | cleanlab CL | type acc. | repair acc. |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (dataset, glitch, target), group in rows.groupby(["dataset", "glitch", "target"], sort=True):
+        f1 = group.groupby("signal")["f1_mean"].mean()
+        if "detector" not in f1:
+            continue
+        single = f1.reindex([s for s in SINGLE_SIGNALS if s in f1.index])
+        best = str(single.idxmax())
+        detector_rows = group[(group["signal"] == "detector") & (group["target"] == "all")]
+        quality = [detector_rows[c].mean() if c in detector_rows else float("nan")
+                   for c in ("type_accuracy_mean", "repair_accuracy_mean")]
+        kind = glitch_names.get(glitch, glitch) + ("" if target == "all" else f": {glitch_names.get(target, target)} rows")
+        cells = [f"{f1['detector']:.2f}", f"{names.get(best, best)} {single[best]:.2f}",
+                 f"{f1.get('confident_learning', float('nan')):.2f}",
+                 *("" if pd.isna(q) or target != "all" else f"{q:.2f}" for q in quality)]
+        lines.append(f"| {dataset} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def accuracy_lines(accuracy: pd.DataFrame) -> str:
     clean = accuracy[accuracy["glitch"].isin(["uniform"]) & (accuracy["ratio"] == 10)]
     rows = [f"{r.dataset} / {r.model}: {r.accuracy_validation_mean:.3f} ± {r.accuracy_validation_std:.3f}"
@@ -89,14 +115,23 @@ def timing_lines(times: pd.DataFrame) -> str:
     return "CPU-side wall seconds per stage, summed over jobs (Snakemake `benchmark:` files): " + ", ".join(cells) + "."
 
 
-def render(folder: Path) -> str:
-    summary = pd.read_csv(folder / "summary.csv")
+def render(shown: Path, folder: Path | None = None) -> str:
+    """The results section from the summaries in ``folder`` (default ``shown``, the path the README names)."""
+    folder = folder or shown
+    by_target = pd.read_csv(folder / "summary.csv")
+    if "target" not in by_target.columns:
+        by_target["target"] = "all"
+    summary = by_target[by_target["target"] == "all"]
     accuracy = pd.read_csv(folder / "accuracy_summary.csv")
     meta = (folder / "machine.txt").read_text().strip() if (folder / "machine.txt").exists() else ""
-    parts = [START, "", f"From `{folder}/` ({meta}).", ""]
+    parts = [START, "", f"From `{shown}/` ({meta}).", ""]
     for dataset in sorted(summary["dataset"].unique()):
         parts += [f1_table(summary, dataset), ""]
-    parts += ["The study's findings on this data:", "", findings(summary), "", accuracy_lines(accuracy), ""]
+    parts += ["The study's findings on this data:", "", findings(summary), ""]
+    if "detector" in set(summary["signal"]):
+        parts += ["The detector (`detector.py`) against the best single signal of the table above and cleanlab "
+                  "(mixtures: each type scored on its own rows):", "", detector_table(by_target), ""]
+    parts += [accuracy_lines(accuracy), ""]
     if (folder / "stage_seconds.csv").exists():
         parts += [timing_lines(pd.read_csv(folder / "stage_seconds.csv")), ""]
     return "\n".join(parts + [END])

