@@ -162,4 +162,4 @@ def test_in_a_mixture_each_type_is_scored_by_the_detectors_own_typing():
     # uniform: the two rows typed mislabel rank first -> both found; outlier: the one anomaly first
     assert typed.loc["uniform", "f1"] == 1.0 and typed.loc["outlier", "f1"] == 1.0
     plain = metrics.detection(verdict["suspicion"].to_numpy(), errors["glitch"].eq("uniform").to_numpy())
-    assert plain["f1"] == 0.5  # the plain ranking puts the outlier and a clean row above one mislabel
+    assert plain["f1"] == 0.0  # the plain ranking puts the outlier and a clean row above both mislabels
