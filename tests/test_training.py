@@ -47,7 +47,7 @@ def test_resnet20_is_the_cifar_network(tiny_images):
 
 @pytest.mark.parametrize("name,head", [("convnext_tiny", "classifier.2"), ("vit_b_16", "heads.head")])
 def test_foundation_models_build_and_adapt_inputs(name, head):
-    model = models.build(name, (1, 28, 28), 10, {"resolution": 32} if name == "vit_b_16" else {"resolution": 32})
+    model = models.build(name, (1, 28, 28), 10, {"resolution": 32})
     assert model.head_name == head and model.head.out_features == 10
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     trained = models.set_trainable(model, [])

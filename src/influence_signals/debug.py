@@ -39,11 +39,9 @@ from .datasets import DataError
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 GLITCH, RATIO = "none", 10  # nothing injected: the glitches are the user's own; the ratio wildcard is unused
-SUSPICION_SIGNALS = ("aum", "confident_learning", "si")  # rank-averaged into the suspicion
-NOVELTY_SIGNAL = "knn_distance"
-ANOMALY_RANK = 0.95  # knn_distance percentile rank above which a row that is no mislabel is an anomaly
 PROB = "prob_"  # per_row columns of the mean predicted probability of each class
-META_COLUMNS = ("id", "seed", "fold", "row", "observed_label")
+VERDICT = ("verdict_type", "verdict_label")  # per_row columns of the detector's type and suggested label per run
+META_COLUMNS = ("id", "seed", "fold", "row", "observed_label", *VERDICT)
 
 # Training settings per model: sane defaults for a user's data (the rest come from the schema's defaults).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -108,8 +106,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="image models: a weights file to fine-tune from (default: train from scratch)")
     p.add_argument("--size", type=int, help="images: resize to SIZE x SIZE")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="images: 1 (grey) or 3 (RGB, the default)")
-    p.add_argument("--top", type=float, default=0.1, help="the share of rows at the top of the ranking that may be "
-                                                          "flagged as mislabels (default 0.1)")
+    p.add_argument("--top", type=float, default=0.1, help="the share of rows at the top of the ranking the report's "
+                                                          "summary counts as the cut (default 0.1)")
     p.add_argument("--name", help="the data set's name in the config (default: from the file name)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1,
@@ -300,6 +298,9 @@ def collect(plan: Plan, expected_ids: np.ndarray) -> pd.DataFrame:
         head = pd.DataFrame({"id": train.ids.astype(str), "seed": seed, "fold": fold, "row": scores.pop("row"),
                              "observed_label": scores.pop("observed_label")})
         probs = pd.DataFrame(probabilities, columns=[f"{PROB}{c}" for c in range(probabilities.shape[1])])
+        verdict = pd.read_csv(run / "detections.csv").sort_values("row")
+        head[VERDICT[0]] = verdict["glitch_type"].to_numpy()
+        head[VERDICT[1]] = verdict["suggested_label"].to_numpy()
         frames.append(pd.concat([head, probs, scores], axis=1))
     per_row = pd.concat(frames, ignore_index=True)
     counts = per_row["id"].value_counts()
@@ -316,37 +317,38 @@ def score_columns(per_row: pd.DataFrame) -> list[str]:
     return [c for c in per_row.columns if c not in META_COLUMNS and not c.startswith(PROB)]
 
 
-def suspicion_table(per_row: pd.DataFrame, top: float = 0.1) -> pd.DataFrame:
-    """Combine the runs: one line per row id, the most suspicious first (labels as class indices).
+def _mode(values: pd.Series) -> object:
+    return values.mode().iloc[0]
 
-    Within each run every signal of ``SUSPICION_SIGNALS`` is turned into a percentile rank and the ranks
-    are averaged; a row's suspicion is the mean of that over the runs where it was in training, its
-    ``suspicion_sd`` the spread. The suggested label is the class of the largest mean predicted
-    probability over those runs. A row is a ``mislabel`` when the suggestion differs from the observed
-    label and it is among the top ``top`` share of rows by suspicion; else an ``anomaly`` when its
-    (run-wise ranked) ``knn_distance`` ranks above ``ANOMALY_RANK``; else ``none``. The per-signal columns
-    are each score's mean over runs. This is the one place to swap in another detector.
+
+def suspicion_table(per_row: pd.DataFrame) -> pd.DataFrame:
+    """Combine the runs with the detector's verdicts: one line per row id, the most suspicious first.
+
+    A row's suspicion is the mean, over the runs where it was in training, of the detector's run-wise
+    percentile rank, ``suspicion_sd`` its spread; its glitch type is the detector's most frequent verdict,
+    its suggested label the detector's most frequent suggestion where it is a mislabel (else the class of
+    the largest mean predicted probability). The per-signal columns are each score's mean over runs.
     """
     scores = score_columns(per_row)
     runs = per_row.groupby(["seed", "fold"], sort=False)
-    ranked = pd.DataFrame({name: runs[name].rank(pct=True) for name in SUSPICION_SIGNALS})
-    work = per_row.assign(_suspicion=ranked.mean(axis=1), _novelty=runs[NOVELTY_SIGNAL].rank(pct=True))
+    work = per_row.assign(_suspicion=runs["detector"].rank(pct=True))
     rows = work.groupby("id", sort=False)
     probabilities = rows[[c for c in per_row.columns if c.startswith(PROB)]].mean()
+    glitch_type = rows[VERDICT[0]].agg(_mode)
+    mislabel = glitch_type == "mislabel"
+    suggested = pd.Series(probabilities.to_numpy().argmax(axis=1), index=probabilities.index)
+    suggested[mislabel] = work[work[VERDICT[0]] == "mislabel"].groupby("id")[VERDICT[1]].agg(_mode).reindex(
+        suggested.index[mislabel]).astype(int)
     out = pd.DataFrame({
         "observed_label": rows["observed_label"].first(),
-        "suggested_label": pd.Series(probabilities.to_numpy().argmax(axis=1), index=probabilities.index),
+        "suggested_label": suggested.astype(int),
+        "glitch_type": glitch_type,
         "suspicion": rows["_suspicion"].mean(),
         "suspicion_sd": rows["_suspicion"].std(ddof=1).fillna(0.0),
         "n_scores": rows.size(),
     })
-    novelty = rows["_novelty"].mean().rank(pct=True)
     out = out.join(rows[scores].mean()).reset_index()
     out = out.sort_values("suspicion", ascending=False, kind="mergesort").reset_index(drop=True)
-    n_top = max(1, int(round(top * len(out))))
-    mislabel = (out["suggested_label"] != out["observed_label"]) & (out.index < n_top)
-    anomaly = (novelty.reindex(out["id"]).to_numpy() > ANOMALY_RANK) & ~mislabel
-    out.insert(3, "glitch_type", np.where(mislabel, "mislabel", np.where(anomaly, "anomaly", "none")))
     return out[["id", "observed_label", "suggested_label", "glitch_type", "suspicion", "suspicion_sd", "n_scores",
                 *scores]]
 
@@ -474,8 +476,7 @@ def report_context(plan: Plan, data: datasets.DataSet, spec: Mapping[str, Any], 
         "n_features": int(np.prod(data.x.shape[1:])), "shape": "x".join(str(s) for s in data.x.shape[1:]),
         "accuracy_mean": float(np.mean(accuracy)), "accuracy_sd": float(np.std(accuracy, ddof=1)) if len(accuracy) > 1 else 0.0,
         "top": top, "n_cut": n_cut, "n_mislabel": kinds.get("mislabel", 0), "n_anomaly": kinds.get("anomaly", 0),
-        "n_none": kinds.get("none", 0), "suspicion_signals": SUSPICION_SIGNALS, "novelty_signal": NOVELTY_SIGNAL,
-        "anomaly_rank": ANOMALY_RANK, "top_rows": rows,
+        "n_none": kinds.get("none", 0), "top_rows": rows,
         "pairs": [{"observed": o, "suggested": s, "count": n} for (o, s), n in pairs],
         "histogram": histogram(suspects["suspicion"].to_numpy(), float(suspects["suspicion"].iloc[n_cut - 1])),
         "explained": explained,
@@ -534,7 +535,7 @@ def debug(args: argparse.Namespace) -> int:
             return 0
     progress("combining the runs ...")
     per_row = collect(plan, data.ids)
-    table = suspicion_table(per_row, args.top)
+    table = suspicion_table(per_row)
     suspects = named(table, data.class_names)
     write_csv(out / "suspects.csv", suspects)
     progress("explaining the top rows ...")

@@ -1,0 +1,221 @@
+"""``influence-signals debug``: a user's table or image folder in, suspects.csv and report.html out."""
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from influence_signals import datasets
+from influence_signals.debug import main, suspicion_table
+
+CLASSES = np.array(["ant", "bee", "cat"])
+N_ROWS, N_FEATURES, N_FLIPPED = 300, 8, 30
+SEEDS, FOLDS = 2, 3
+HEAD = ["id", "observed_label", "suggested_label", "glitch_type", "suspicion", "suspicion_sd", "n_scores"]
+
+
+def write_table(path: Path, n_rows: int = N_ROWS, n_flipped: int = N_FLIPPED, seed: int = 0) -> pd.DataFrame:
+    """A 3-class table with a shuffled string id column ``key``; ``n_flipped`` labels flipped. Returns the truth."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=n_rows, n_features=N_FEATURES, n_informative=6, n_redundant=1, n_classes=3,
+                               n_clusters_per_class=1, class_sep=1.5, random_state=seed)
+    rng = np.random.default_rng(seed)
+    flipped = rng.choice(n_rows, n_flipped, replace=False)
+    observed = y.copy()
+    observed[flipped] = (y[flipped] + rng.integers(1, 3, n_flipped)) % 3
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(N_FEATURES)])
+    frame.insert(0, "key", [f"row-{v:04d}" for v in rng.permutation(n_rows)])
+    frame["target"] = CLASSES[observed]
+    frame.to_csv(path, index=False)
+    return pd.DataFrame({"true": CLASSES[y], "flipped": np.isin(np.arange(n_rows), flipped)}, index=frame["key"])
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    folder = tmp_path_factory.mktemp("debug_table")
+    truth = write_table(folder / "mine.csv")
+    code = main(["debug", str(folder / "mine.csv"), "--label", "target", "--id", "key", "--seeds", str(SEEDS),
+                 "--folds", str(FOLDS), "--cores", "1", "--out", str(folder / "report"), "--no-snakemake"])
+    assert code == 0
+    return folder / "report", truth
+
+
+def suspects_of(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "suspects.csv", dtype={"id": str})
+
+
+def test_every_row_is_scored_once_per_seed_and_fold_with_its_id_and_no_id_feature(table_run):
+    out, truth = table_run
+    suspects = suspects_of(out)
+    assert sorted(suspects["id"]) == sorted(truth.index) and suspects["id"].is_unique
+    assert (suspects["n_scores"] == SEEDS * (FOLDS - 1)).all()
+    for seed in range(SEEDS):
+        ids = pd.concat([pd.read_csv(out / f"results/runs/mine_f{k}/mlp/none/r10/s{seed}/scores.csv", dtype={"id": str})["id"]
+                         for k in range(FOLDS)])
+        assert (ids.value_counts() == FOLDS - 1).all() and set(ids) == set(truth.index)  # in training in K - 1 folds
+    train = datasets.load_saved(out / "results/data/mine_f0/none/r10/s0/train.npz")
+    assert train.x.shape[1] == N_FEATURES  # the id column is not a feature
+    assert set(train.ids) <= set(truth.index)
+
+
+def test_suspects_csv_columns_order_and_labels(table_run):
+    out, _ = table_run
+    suspects = suspects_of(out)
+    assert list(suspects.columns[: len(HEAD)]) == HEAD
+    assert {"si", "aum", "loss", "confident_learning", "knn_distance", "grad_norm"} <= set(suspects.columns[len(HEAD):])
+    assert suspects["suspicion"].is_monotonic_decreasing
+    assert set(suspects["observed_label"]) == set(CLASSES) and set(suspects["suggested_label"]) <= set(CLASSES)
+    assert set(suspects["glitch_type"]) <= {"mislabel", "anomaly", "none"}
+    flagged = suspects[suspects["glitch_type"] == "mislabel"]
+    assert len(flagged) and (flagged["suggested_label"] != flagged["observed_label"]).all()
+    assert suspects["suspicion"].between(0, 1).all() and (suspects["suspicion_sd"] >= 0).all()
+
+
+def test_top_k_holds_the_flipped_rows_and_suggests_their_true_labels(table_run):
+    out, truth = table_run
+    suspects = suspects_of(out)
+    precision = truth.loc[suspects["id"].head(N_FLIPPED), "flipped"].mean()
+    assert precision >= 0.5, precision  # chance is 0.1
+    flagged = suspects[(suspects["glitch_type"] == "mislabel") & truth.loc[suspects["id"], "flipped"].to_numpy()]
+    assert len(flagged) >= N_FLIPPED // 3
+    assert (flagged["suggested_label"].to_numpy() == truth.loc[flagged["id"], "true"].to_numpy()).mean() >= 0.8
+
+
+class ReportParser(HTMLParser):
+    """The title, the text of elements with an id, the count of each class of table row, image sources."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.title, self.by_id, self.rows, self.images = "", {}, {}, []
+        self._stack: list[str | None] = []
+        self._in_title, self._in_svg = False, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self._in_svg = self._in_svg or tag == "svg"
+        if tag == "title" and not self._in_svg:  # the page's title, not a tooltip of the histogram
+            self._in_title = True
+        if tag == "tr" and attrs.get("class"):
+            self.rows[attrs["class"]] = self.rows.get(attrs["class"], 0) + 1
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag not in ("img", "br", "meta", "line", "rect"):
+            self._stack.append(attrs.get("id"))
+            if attrs.get("id"):
+                self.by_id.setdefault(attrs["id"], "")
+
+    def handle_endtag(self, tag):
+        self._in_title = self._in_title and tag != "title"
+        self._in_svg = self._in_svg and tag != "svg"
+        if tag not in ("img", "br", "meta", "line", "rect") and self._stack:
+            self._stack.pop()
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+        for element in self._stack:
+            if element:
+                self.by_id[element] += data
+
+
+def parse_report(path: Path) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(path.read_text())
+    return parser
+
+
+def test_report_renders_summary_top_rows_and_explanations(table_run):
+    out, _ = table_run
+    suspects = suspects_of(out)
+    report = parse_report(out / "report.html")
+    assert report.title == "Data debugging report: mine"
+    assert report.by_id["n-rows"].strip() == str(N_ROWS) and report.by_id["n-classes"].strip() == "3"
+    kinds = suspects["glitch_type"].value_counts()
+    assert report.by_id["n-mislabel"].strip() == str(kinds.get("mislabel", 0))
+    assert report.by_id["n-anomaly"].strip() == str(kinds.get("anomaly", 0))
+    assert "30 rows" in report.by_id["cut"]
+    assert report.rows["suspect"] == 20 and report.rows["explained"] == 10
+    top = report.by_id["top-rows"]
+    assert suspects["id"].iloc[0] in top and "f0=" in top and "key=" not in top  # feature values, not the id
+    assert re.search(r"row-\d{4} \((ant|bee|cat), -[\d.e+-]+\)", report.by_id["harms"])  # harmed validation rows
+    assert "<rect" in (out / "report.html").read_text()  # the histogram
+
+
+def test_image_folder_report_shows_thumbnails(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("dark", "light")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(8):
+            pixels = np.clip(rng.normal(0.3 + 0.4 * label, 0.1, (8, 8, 3)), 0, 1)
+            Image.fromarray((pixels * 255).astype(np.uint8)).save(tmp_path / "images" / name / f"im{i}.png")
+    out = tmp_path / "report"
+    assert main(["debug", str(tmp_path / "images"), "--model", "resnet20", "--epochs", "1", "--folds", "2", "--seeds", "1",
+                 "--cores", "1", "--out", str(out), "--no-snakemake"]) == 0
+    suspects = suspects_of(out)
+    assert len(suspects) == 16 and (suspects["n_scores"] == 1).all()
+    assert set(suspects["id"]) == {f"{c}/im{i}.png" for c in ("dark", "light") for i in range(8)}
+    report = parse_report(out / "report.html")
+    assert report.by_id["n-rows"].strip() == "16" and report.rows["suspect"] == 16
+    assert len(report.images) == 16 and all(src.startswith("data:image/png;base64,") for src in report.images)
+    assert '<img class="thumb" src="data:image/png;base64,' in (out / "report.html").read_text()
+
+
+@pytest.mark.pipeline
+def test_through_snakemake_only_this_datas_jobs_run(tmp_path, capfd):
+    write_table(tmp_path / "small.csv", n_rows=120, n_flipped=12)
+    args = ["debug", str(tmp_path / "small.csv"), "--label", "target", "--id", "key", "--folds", "2", "--seeds", "1",
+            "--epochs", "2", "--cores", "2", "--out", str(tmp_path / "report")]
+    assert main([*args, "--dry-run"]) == 0
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", capfd.readouterr().out, flags=re.MULTILINE))
+    planned.pop("total")
+    assert {rule: int(n) for rule, n in planned.items()} == {rule: 2 for rule in ("prepare", "inject", "train", "influence",
+                                                                              "signals")}  # no figure, table or aggregate
+    assert not (tmp_path / "report" / "suspects.csv").exists()
+    assert main(args) == 0
+    suspects = suspects_of(tmp_path / "report")
+    assert len(suspects) == 120 and (suspects["n_scores"] == 1).all()
+    assert (tmp_path / "report/results/runs/small_f1/mlp/none/r10/s0/scores.csv").exists()
+    assert not (tmp_path / "report/results/summary.csv").exists()
+    assert parse_report(tmp_path / "report" / "report.html").by_id["n-rows"].strip() == "120"
+
+
+@pytest.mark.parametrize("file,change,named", [
+    ("t.csv", ["--label", "nope"], "label column 'nope'"),
+    ("t.csv", ["--label", "target", "--id", "missing_id"], "id column 'missing_id'"),
+    ("t.csv", ["--label", "target", "--drop", "ghost"], "drop column 'ghost'"),
+    ("gone.csv", ["--label", "target"], "no such file"),
+])
+def test_bad_input_exits_2_before_any_work(tmp_path, capsys, file, change, named):
+    write_table(tmp_path / "t.csv", n_rows=60, n_flipped=0)
+    assert main(["debug", str(tmp_path / file), *change, "--out", str(tmp_path / "report"), "--no-snakemake"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and named in err
+    assert not (tmp_path / "report").exists()
+
+
+def test_suspicion_table_combines_the_detectors_runs_by_rank():
+    """Two runs of four rows: the detector ranked within each run and averaged per id; its most frequent
+    verdict and suggestion; the per-signal columns are means over runs."""
+    per_row = pd.DataFrame({
+        "id": ["a", "b", "c", "d"] * 2, "seed": [0] * 8, "fold": [0] * 4 + [1] * 4, "row": [0, 1, 2, 3] * 2,
+        "observed_label": [0, 0, 1, 1] * 2,
+        "verdict_type": ["anomaly", "mislabel", "none", "none", "anomaly", "mislabel", "none", "none"],
+        "verdict_label": [-1, 1, 1, 1, -1, 1, 1, 1],
+        "prob_0": [0.9, 0.2, 0.3, 0.6] * 2, "prob_1": [0.1, 0.8, 0.7, 0.4] * 2,
+        "detector": [4.0, 3.0, 1.0, 2.0, 4.0, 3.0, 2.0, 1.0], "loss": np.arange(8.0),
+    })
+    table = suspicion_table(per_row).set_index("id")
+    assert list(table.index) == ["a", "b", "c", "d"]  # c and d tie at (0.25 + 0.5) / 2; stable order
+    assert table.loc["a", "suspicion"] == 1.0 and table.loc["a", "suspicion_sd"] == 0.0 and table.loc["a", "n_scores"] == 2
+    assert table.loc["a", "glitch_type"] == "anomaly" and table.loc["b", "glitch_type"] == "mislabel"
+    assert table.loc["b", "suggested_label"] == 1  # the detector's suggestion
+    assert table.loc["c", "suggested_label"] == 1  # not a mislabel: the largest mean probability
+    assert table.loc["c", "suspicion"] == pytest.approx((0.25 + 0.5) / 2)
+    assert table.loc["a", "loss"] == pytest.approx(2.0)  # mean of the raw score over runs
