@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = cfg.validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
 SEEDS = (0, 1, 2)
 # measured minimum over seeds 0-2 here, minus a margin (the note lists mean and sd over five seeds)
-# measured (seeds 0-2): ResNet-20 / mnist5k 0.94 0.94 0.90; MLP / segment 0.93 0.94 0.93; tabular ResNet
+# measured (5 seeds, 1 and 2 threads): ResNet-20 / mnist5k 0.938 +/- 0.015 and 0.943 +/- 0.009 (min 0.918); MLP / segment 0.93 0.94 0.93; tabular ResNet
 # 0.96 0.95 0.94; FT-Transformer (seeds 0-4) 0.76 0.80 0.80 0.83 0.81
-FLOORS = {("mnist5k", "resnet20"): 0.85, ("segment", "mlp"): 0.88, ("segment", "resnet"): 0.88,
+FLOORS = {("mnist5k", "resnet20"): 0.88, ("segment", "mlp"): 0.88, ("segment", "resnet"): 0.88,
           ("segment", "ft_transformer"): 0.70}
 
 

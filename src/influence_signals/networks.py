@@ -149,7 +149,9 @@ LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40)
 
 
 def _tf_batchnorm(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # TF's epsilon 1e-3, decay 0.99
+    """TF's epsilon (1e-3, part of the function the weights compute); PyTorch's momentum 0.1, not TF's 0.01: a
+    fine-tuned block's running statistics must catch up within a few dozen steps, or eval mode lags train mode."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.1)
 
 
 class SameConv2d(nn.Conv2d):

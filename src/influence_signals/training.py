@@ -137,6 +137,29 @@ def train_mode(model: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, forward: Callable[..., torch.Tensor], x: torch.Tensor,
+                          device: torch.device, batch_size: int = 512) -> None:
+    """Re-estimate the trained BatchNorm layers' running statistics as exact averages over the training rows.
+
+    Under plain SGD the running averages lag behind the weights; evaluated (and checkpointed for TracIn)
+    with stale statistics, a fine-tuned network's validation accuracy swung by up to 0.5 between epochs.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              and any(p.requires_grad for p in m.parameters())]
+    if not layers:
+        return
+    train_mode(model)
+    momenta = [m.momentum for m in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the batches below
+    for start in range(0, len(x), batch_size):
+        forward(x[start : start + batch_size].to(device))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
+@torch.no_grad()
 def frozen_inputs(model: AdaptedModel, x: torch.Tensor, blocks: int, device: torch.device,
                   batch_size: int = 512) -> torch.Tensor:
     """The frozen trunk's output for every row, computed once: exact, since frozen layers run in eval mode."""
@@ -218,6 +241,7 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
                 every = settings.checkpoint_every_steps
                 if every and step % every == 0:
                     save_checkpoint(partial / checkpoint_name(epoch, step), model, settings.lr, epoch, step)
+            recalibrate_batchnorm(model, forward, x, device)
             val_loss, val_acc = evaluate(forward, model, val_x, val_y, device)
             row = {"epoch": epoch, "train_loss": running_loss / len(y), "train_accuracy": running_correct / len(y),
                    "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - began}
