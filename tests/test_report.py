@@ -4,16 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from influence_signals import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_results_equal_what_the_script_renders_from_the_committed_summaries():
+@pytest.mark.parametrize("section", sorted(report.SECTIONS))
+def test_readme_results_equal_what_the_script_renders_from_the_committed_summaries(section):
     readme = (ROOT / "README.md").read_text()
-    section = report.START + readme.split(report.START, 1)[1].split(report.END, 1)[0] + report.END
-    assert section == report.render(Path("docs/results"), ROOT / "docs" / "results")
+    shown = report.SECTIONS[section]
+    if not (ROOT / shown / "summary.csv").exists():
+        pytest.skip(f"{shown} holds no run yet")
+    assert report.section_text(readme, section) == report.render(shown, ROOT / shown, section)
 
 
 def test_the_script_rewrites_only_its_section(tmp_path):

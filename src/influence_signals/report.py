@@ -1,9 +1,9 @@
 """The README's results section, generated from a run's outputs: no number in it is typed by hand.
 
-``python -m influence_signals.report readme`` copies ``results/summary.csv``, ``accuracy_summary.csv`` and
-the per-stage benchmark times into ``docs/results/`` (small, committed) and rewrites the README between
-its ``<!-- results:start -->`` and ``<!-- results:end -->`` markers from those copies; a test re-renders
-the section from the committed copies and compares.
+``python -m influence_signals.report readme [--section real]`` copies a run's ``summary.csv``,
+``accuracy_summary.csv`` and per-stage benchmark times into ``docs/results/`` (or ``docs/results-real/``;
+small, committed) and rewrites the README between the section's ``<!-- NAME:start -->`` and
+``<!-- NAME:end -->`` markers from those copies; a test re-renders each section and compares.
 """
 from __future__ import annotations
 
@@ -19,8 +19,14 @@ from .artifacts import write_text
 from .glitches import GLITCHES
 from .signals import labels
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-DOCS = Path("docs/results")
+SECTIONS = {"results": Path("docs/results"), "real": Path("docs/results-real")}  # README section -> its summaries
+
+
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+
+
+START, END = markers("results")
 STUDY_SIGNALS = ("si", "mi", "aai", "gd_class")
 TABLE_SIGNALS = ("si", "mi", "aai", "gd_class", "sign_aware", "class_contrast", "harm_concentration", "si_first",
                  "cnci", "pcid", "cfrank", "knn_distance", "grad_norm", "loss", "aum", "confident_learning",
@@ -115,16 +121,17 @@ def timing_lines(times: pd.DataFrame) -> str:
     return "CPU-side wall seconds per stage, summed over jobs (Snakemake `benchmark:` files): " + ", ".join(cells) + "."
 
 
-def render(shown: Path, folder: Path | None = None) -> str:
+def render(shown: Path, folder: Path | None = None, section: str = "results") -> str:
     """The results section from the summaries in ``folder`` (default ``shown``, the path the README names)."""
     folder = folder or shown
+    start, end = markers(section)
     by_target = pd.read_csv(folder / "summary.csv")
     if "target" not in by_target.columns:
         by_target["target"] = "all"
     summary = by_target[by_target["target"] == "all"]
     accuracy = pd.read_csv(folder / "accuracy_summary.csv")
     meta = (folder / "machine.txt").read_text().strip() if (folder / "machine.txt").exists() else ""
-    parts = [START, "", f"From `{shown}/` ({meta}).", ""]
+    parts = [start, "", f"From `{shown}/` ({meta}).", ""]
     for dataset in sorted(summary["dataset"].unique()):
         parts += [f1_table(summary, dataset), ""]
     parts += ["The study's findings on this data:", "", findings(summary), ""]
@@ -134,7 +141,7 @@ def render(shown: Path, folder: Path | None = None) -> str:
     parts += [accuracy_lines(accuracy), ""]
     if (folder / "stage_seconds.csv").exists():
         parts += [timing_lines(pd.read_csv(folder / "stage_seconds.csv")), ""]
-    return "\n".join(parts + [END])
+    return "\n".join(parts + [end])
 
 
 def stage_seconds(results: Path) -> pd.DataFrame:
@@ -156,24 +163,31 @@ def collect(results: Path, docs: Path) -> None:
                                      f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}\n")
 
 
-def update_readme(readme: Path, docs: Path) -> None:
+def section_text(text: str, section: str) -> str:
+    """The README's generated section ``section``, markers included."""
+    start, end = markers(section)
+    if start not in text or end not in text:
+        raise ValueError(f"the README has no {start} ... {end} section")
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end
+
+
+def update_readme(readme: Path, docs: Path, section: str = "results") -> None:
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} has no {START} ... {END} section to rewrite")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    write_text(readme, head + render(docs) + tail)
+    old = section_text(text, section)
+    write_text(readme, text.replace(old, render(docs, section=section)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m influence_signals.report")
     parser.add_argument("command", choices=["readme"])
     parser.add_argument("--results", type=Path, default=Path("results"), help="a finished run's results folder")
-    parser.add_argument("--docs", type=Path, default=DOCS)
+    parser.add_argument("--section", choices=sorted(SECTIONS), default="results", help="which README section")
+    parser.add_argument("--docs", type=Path, help="where the summaries are kept (default: the section's folder)")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)
-    collect(args.results, args.docs)
-    update_readme(args.readme, args.docs)
+    docs = args.docs or SECTIONS[args.section]
+    collect(args.results, docs)
+    update_readme(args.readme, docs, args.section)
 
 
 if __name__ == "__main__":
