@@ -1,136 +1,143 @@
-"""TracIn speed and memory: our factorised engine against Captum's TracInCPFast, run by hand (not in CI).
+"""TracIn speed and memory, run by hand (not in CI): the Captum path a user would take against our engine.
 
-    python benchmarks/tracin_benchmark.py                 # the issue's sizes: n=20000, m=5000, d=192, k=10, T=10
-    python benchmarks/tracin_benchmark.py --device cuda   # on a GPU
+    python benchmarks/tracin_benchmark.py                  # n = 5k, 10k, 20k, 40k (m = n / 4); memory at n = 200k, m = 50k
+    python benchmarks/tracin_benchmark.py --quick          # n = 2k, 4k, 8k; memory at n = 20k, m = 5k
+    python benchmarks/tracin_benchmark.py --quick --device cuda
 
-Prints times as ratios, our achieved GFLOP/s against a plain float32 matmul on the same machine, and the
-peak memory of computing every signal at n=200000, m=50000 (in a child process, so the figure is its own).
+Every size trains the same tiny MLP (32 inputs -> 64 ReLU features = the head's input d, k = 10 classes)
+for T = 5 epochs on generated tabular data with 10 % uniform label noise, one checkpoint per epoch. Then:
+
+(a) Captum: TracInCPFast, and TracInCP on the final layer, each producing the dense validation x train
+    matrix (train batches of 1024), then the study's four signals (SI, MI, AAI, GD-class) from it in numpy;
+(b) ours: the factors (one forward pass per checkpoint), then every influence signal through
+    ``signals.SignalInputs`` + ``signals.compute``;
+(c) ours, closed forms alone: SI, MI, GD-class (class sums, self-influence; no pairwise pass);
+(d) the pairwise pass (``influence.class_masses``) against the GEMM bound: the minimal float32 GEMM work
+    of exact |I|, 2 T n m (d + k - 1) FLOPs, at the machine's measured float32 matmul rate.
+
+Then the peak RSS of the whole signals job (every signal, baselines and detector included) in a child
+process. The tables go to benchmarks/results.md, one section per device and mode (``write_results``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from influence_signals import datasets, influence, signals
-from influence_signals.factors import ARRAYS, FactorMeta, FactorStore
-from influence_signals.models import AdaptedModel, InputAdapter
+from influence_signals import datasets, glitches, influence, models, signals, training
+from influence_signals.networks import AdaptedModel
+from influence_signals.factors import FactorStore
 
-
-def toy_problem(n: int, m: int, d: int, k: int, checkpoints: int, folder: Path, seed: int = 0):
-    """A model whose penultimate layer is a fixed random projection, and ``checkpoints`` random heads."""
-    generator = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, k))
-    model = AdaptedModel(InputAdapter(False), net, "2")
-    paths = []
-    for t in range(checkpoints):
-        with torch.no_grad():
-            for parameter in net.parameters():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-        path = folder / f"epoch{t + 1:03d}_step{t + 1:07d}.pt"
-        torch.save({"model_state_dict": model.state_dict(), "learning_rate": 0.1, "epoch": t + 1, "step": t + 1}, path)
-        paths.append(path)
-    rng = np.random.default_rng(seed)
-
-    def split(rows: int) -> datasets.DataSet:
-        return datasets.DataSet("toy", rng.normal(size=(rows, d)).astype(np.float32), rng.integers(0, k, rows),
-                                tuple(str(c) for c in range(k)), "tabular")
-
-    return model, paths, split(n), split(m)
+D_IN, D, K, T = 32, 64, 10, 5
+CAPTUM_BATCH = 1024
+RESULTS = Path(__file__).with_name("results.md")
+FOUR = ("si", "mi", "aai", "gd_class")  # the study's signals, computed by both paths
+CLOSED_FORMS = ("si", "mi", "gd_class")
 
 
-def time_captum(model, paths, train, val, batch_size: int) -> float:
-    from captum.influence import TracInCPFast
-    from torch.utils.data import TensorDataset
+def toy_run(n: int, m: int, folder: Path, device: str, seed: int = 0
+            ) -> tuple[AdaptedModel, list[Path], datasets.DataSet, datasets.DataSet]:
+    """The tiny MLP trained for T epochs on n rows with 10 % label noise; m validation rows; its checkpoints."""
+    data = datasets.make_tabular(n_rows=n + m, n_features=D_IN, n_classes=K, seed=seed)
+    x = ((data.x - data.x[:n].mean(0)) / data.x[:n].std(0)).astype(np.float32)
+    train = datasets.DataSet("toy", x[:n], data.y[:n], data.class_names, "tabular")
+    val = datasets.DataSet("toy", x[n:], data.y[n:], data.class_names, "tabular")
+    train, _ = glitches.uniform_noise(train, 0.1, np.random.default_rng(seed))
+    torch.manual_seed(seed)
+    model = models.build("mlp", (D_IN,), K, {"n_blocks": 1, "d_block": D, "dropout": 0.0})
+    training.train(model, train, val, training.TrainSettings(epochs=T, lr=0.1, batch_size=128, seed=seed, device=device),
+                   folder / "ckpt")
+    return model, training.epoch_checkpoints(folder / "ckpt"), train, val
 
-    from influence_signals.training import load_checkpoint
 
-    tracin = TracInCPFast(model, model.head, TensorDataset(torch.from_numpy(train.x), torch.from_numpy(train.y)),
-                          [str(p) for p in paths], checkpoints_load_func=load_checkpoint,
-                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=batch_size)
-    began = time.perf_counter()
-    scores = tracin.influence((torch.from_numpy(val.x), torch.from_numpy(val.y)))
-    elapsed = time.perf_counter() - began
-    assert scores.shape == (len(val.y), len(train.y))
-    return elapsed
-
-
-def synchronize(device: str) -> None:
+def timed(device: str, fn: Callable[[], Any]) -> tuple[Any, float]:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def time_ours(model, paths, train, val, folder: Path, device: str) -> tuple[float, float, float]:
-    """Seconds for the factors, for the whole matrix (blockwise, summed over checkpoints), for all signals."""
     began = time.perf_counter()
-    influence.compute_factors(model, paths, train, val, folder / "factors", device=device, batch_size=4096)
-    factors = time.perf_counter() - began
-    engine = influence.TracInEngine(FactorStore(folder / "factors"), device)
-    began = time.perf_counter()
-    for _rows, _cols, block in engine.blocks(1024, 1024):
-        block.sum(0)
-    synchronize(device)
-    matrix = time.perf_counter() - began
-    began = time.perf_counter()
-    signals.accumulate_class_masses(engine, engine.store.y_val, engine.store.meta.n_classes, 1024, 1024)
-    synchronize(device)
-    return factors, matrix, time.perf_counter() - began
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - began
 
 
-def matmul_gflops(device: str, size: int = 4096, repeats: int = 5) -> float:
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b
-    synchronize(device)
-    began = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e9
+def matmul_gflops(device: str) -> float:
+    """The machine's float32 matmul rate: the best of a few large square products."""
+    best = 0.0
+    for size in (2048, 3072, 4096) if device == "cpu" else (8192,):
+        a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+        out = torch.mm(a, b)
+        for _ in range(3):
+            _, seconds = timed(device, lambda: torch.mm(a, b, out=out))
+            best = max(best, 2 * size**3 / seconds / 1e9)
+    return best
 
 
-def write_synthetic_factors(folder: Path, n: int, m: int, d: int, k: int, checkpoints: int) -> None:
-    """A factor folder of random values, written row-block by row-block so the writer stays small too."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    shapes = {"train_logits": (n, k), "train_features": (n, d), "val_logits": (m, k), "val_features": (m, d)}
-    for name in ARRAYS:
-        array = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=(checkpoints, *shapes[name]))
-        for t in range(checkpoints):
-            for start in range(0, shapes[name][0], 50_000):
-                stop = min(start + 50_000, shapes[name][0])
-                array[t, start:stop] = rng.normal(size=(stop - start, shapes[name][1])).astype(np.float32)
-        array.flush()
-        del array
-    np.save(folder / "y_train.npy", rng.integers(0, k, n))
-    np.save(folder / "y_val.npy", rng.integers(0, k, m))
-    meta = FactorMeta(n, m, k, d, [0.1] * checkpoints, list(range(1, checkpoints + 1)), [], "lr")
-    (folder / "meta.json").write_text(json.dumps(meta.__dict__))
+def four_signals(matrix: np.ndarray, self_influence: np.ndarray, y_val: np.ndarray) -> dict[str, np.ndarray]:
+    """SI, MI, AAI and GD-class in numpy from a dense (m, n) validation x train matrix, as a Captum user would."""
+    sums = np.eye(K, dtype=matrix.dtype)[y_val].T @ matrix  # (C, n) per-class sums
+    return {"si": self_influence, "mi": matrix.sum(0), "aai": np.abs(matrix).mean(0), "gd_class": -sums.min(0)}
 
 
-class FirstRowBlocks:
-    """The engine, with its tiles limited to the first ``row_blocks`` row blocks (accumulators keep full size)."""
+def captum(kind: str, model: AdaptedModel, checkpoints: list[Path], train: datasets.DataSet,
+           val: datasets.DataSet, device: str) -> dict[str, np.ndarray]:
+    """Captum's influence matrix and self-influence (weighted by each checkpoint's learning rate), then the four signals."""
+    from captum.influence import TracInCP, TracInCPFast
+    from torch.utils.data import TensorDataset
 
-    def __init__(self, engine: influence.TracInEngine, row_blocks: int | None) -> None:
-        self.engine, self.row_blocks = engine, row_blocks
-        self.n_checkpoints, self.n_train, self.n_val = engine.n_checkpoints, engine.n_train, engine.n_val
+    model.to(device)
+    dataset = TensorDataset(torch.from_numpy(train.x).to(device), torch.from_numpy(train.y).to(device))
+    loss = torch.nn.CrossEntropyLoss(reduction="sum")
+    paths = [str(p) for p in checkpoints]
+    if kind == "fast":
+        tracin: Any = TracInCPFast(model, model.head, dataset, paths, checkpoints_load_func=training.load_checkpoint,
+                                   loss_fn=loss, batch_size=CAPTUM_BATCH)
+    else:
+        tracin = TracInCP(model, dataset, paths, checkpoints_load_func=training.load_checkpoint,
+                          layers=[f"net.{model.head_name}"], loss_fn=loss, batch_size=CAPTUM_BATCH,
+                          sample_wise_grads_per_batch=True)
+    matrix = tracin.influence((torch.from_numpy(val.x).to(device), torch.from_numpy(val.y).to(device)))
+    self_influence = tracin.self_influence()
+    return four_signals(matrix.detach().cpu().numpy(), self_influence.detach().cpu().numpy(), val.y)
 
-    def blocks(self, row_block: int, col_block: int):
-        for rows, cols, block in self.engine.blocks(row_block, col_block):
-            if self.row_blocks is not None and rows.start >= self.row_blocks * row_block:
-                return
-            yield rows, cols, block
 
-    def self_influence(self) -> torch.Tensor:
-        return self.engine.self_influence()
+def influence_names() -> list[str]:
+    return [s.name for s in signals.SIGNALS if s.kind == "influence"]
+
+
+def one_size(n: int, m: int, folder: Path, device: str, row_block: int, col_block: int, gflops: float,
+             skip_captum: bool) -> dict[str, Any]:
+    model, checkpoints, train, val = toy_run(n, m, folder, device)
+    row: dict[str, Any] = {"n": n, "m": m}
+    if not skip_captum:
+        for kind in ("fast", "cp"):
+            theirs, row[f"captum_{kind}"] = timed(device, lambda: captum(kind, model, checkpoints, train, val, device))
+    _, row["factors"] = timed(device, lambda: influence.compute_factors(model, checkpoints, train, val, folder / "factors",
+                                                                        device=device))
+    store = FactorStore(folder / "factors")
+
+    def run(names: list[str]) -> Any:
+        inputs = signals.SignalInputs(influence.TracInEngine(store, device), store, row_block, col_block)
+        return signals.compute(inputs, names)[0]
+
+    ours, row["signals"] = timed(device, lambda: run(influence_names()))
+    row["ours"] = row["factors"] + row["signals"]
+    _, row["closed"] = timed(device, lambda: run(list(CLOSED_FORMS)))
+    engine = influence.TracInEngine(store, device)
+    _, row["pass"] = timed(device, lambda: influence.class_masses(engine, store.y_val, K, row_block, col_block))
+    row["bound"] = 2 * T * n * m * (D + K - 1) / (gflops * 1e9)
+    if not skip_captum:  # the same four signals both ways: their largest difference relative to their range
+        row["agreement"] = max(float(np.abs(ours[s].to_numpy() - theirs[s]).max() / np.ptp(theirs[s])) for s in FOUR)
+    return row
 
 
 def peak_resident_mib() -> float:
@@ -139,62 +146,138 @@ def peak_resident_mib() -> float:
     return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
-def peak_memory_child(folder: str, device: str, row_blocks: int | None) -> None:
-    """Run in a child process: every signal's one-pass accumulation, then print the peak RSS in MiB."""
-    engine = FirstRowBlocks(influence.TracInEngine(FactorStore(folder), device), row_blocks)
+def memory_child(folder: str, device: str, row_block: int, col_block: int) -> None:
+    """In a child process: the signals job (every signal, baselines and detector included); prints its peak RSS."""
     began = time.perf_counter()
-    signals.accumulate_class_masses(engine, engine.engine.store.y_val, engine.engine.store.meta.n_classes, 1024, 1024)
-    synchronize(device)
-    rows = engine.n_train if row_blocks is None else min(engine.n_train, row_blocks * 1024)
+    store = FactorStore(Path(folder) / "factors")
+    data = (np.load(Path(folder) / "train_x.npy"), np.load(Path(folder) / "val_x.npy"))
+    inputs = signals.SignalInputs(influence.open_influence(Path(folder) / "factors", device), store, row_block, col_block,
+                                  5, 0, data)
+    _, pass_seconds = timed(device, lambda: inputs.class_masses)  # each input is computed once, then reused
+    _, influence_seconds = timed(device, lambda: signals.compute(inputs, influence_names()))
+    _, other_seconds = timed(device, lambda: (signals.compute(inputs), inputs.detections))
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
-    print(json.dumps({"peak_rss_mib": peak_resident_mib(), "peak_gpu_mib": gpu,
-                      "seconds": time.perf_counter() - began, "rows": rows}))
+    print(json.dumps({"peak_rss_mib": peak_resident_mib(), "peak_gpu_mib": gpu, "seconds": time.perf_counter() - began,
+                      "pass": pass_seconds, "influence": influence_seconds, "other": other_seconds}))
+
+
+def memory_run(n: int, m: int, folder: Path, device: str, row_block: int, col_block: int) -> dict[str, Any]:
+    model, checkpoints, train, val = toy_run(n, m, folder, device)
+    influence.compute_factors(model, checkpoints, train, val, folder / "factors", device=device)
+    np.save(folder / "train_x.npy", train.x)
+    np.save(folder / "val_x.npy", val.x)
+    child = [sys.executable, __file__, "--child", str(folder), "--device", device,
+             "--row-block", str(row_block), "--col-block", str(col_block)]
+    result = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    return {"n": n, "m": m, **result}
+
+
+def exponent(rows: list[dict[str, Any]], key: str) -> float:
+    """The fitted exponent p of time ~ n^p (least squares on log-log)."""
+    points = [(r["n"], r[key]) for r in rows if key in r]
+    return float(np.polyfit(np.log([p[0] for p in points]), np.log([p[1] for p in points]), 1)[0])
+
+
+COLUMNS = (  # key, header
+    ("captum_fast", "(a) Captum TracInCPFast + 4 signals"),
+    ("captum_cp", "(a) Captum TracInCP, last layer + 4 signals"),
+    ("factors", "(b) ours: factors"),
+    ("signals", "(b) ours: every influence signal"),
+    ("ours", "(b) ours: total"),
+    ("closed", "(c) closed forms alone"),
+    ("pass", "(d) pairwise pass"),
+    ("bound", "(d) GEMM bound"),
+)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The section of benchmarks/results.md for one run: the machine, the time table, exponents, memory."""
+    rows = report["rows"]
+    keys = [(key, header) for key, header in COLUMNS if key in rows[0]]
+    lines = [f"Machine: {report['machine']}; torch {torch.__version__}, {report['threads']} threads, device "
+             f"{report['device']}; measured float32 matmul: {report['gflops']:.0f} GFLOP/s.",
+             "",
+             f"Sizes: m = n / 4, d = {D}, k = {K}, T = {T} checkpoints; row x column tiles {report['tiles']}. "
+             "Times in seconds.",
+             "",
+             "| n | m | " + " | ".join(header for _, header in keys) + " | pass / bound |"
+             + (" Captum vs ours |" if "agreement" in rows[0] else ""),
+             "|" + " --- |" * (len(keys) + 3 + ("agreement" in rows[0]))]
+    for r in rows:
+        cells = [f"{r['n']:,}", f"{r['m']:,}", *(f"{r[key]:.3g}" for key, _ in keys), f"{r['bound'] / r['pass']:.2f}"]
+        if "agreement" in r:
+            cells.append(f"{r['agreement']:.0e}")
+        lines.append("| " + " | ".join(cells) + " |")
+    fitted = [f"{exponent(rows, key):.2f}" for key, _ in keys]
+    lines.append("| time ~ n^p, p = | | " + " | ".join(fitted) + " | |" + (" |" if "agreement" in rows[0] else ""))
+    memory = report["memory"]
+    verdict = "meets" if memory["peak_rss_mib"] <= 2048 else "misses"
+    gpu = f", peak GPU memory {memory['peak_gpu_mib']:,.0f} MiB" if memory["peak_gpu_mib"] else ""
+    lines += ["",
+              f"Peak RSS of the whole signals job (every signal, baselines and detector included) at n = "
+              f"{memory['n']:,}, m = {memory['m']:,}, in a child process: **{memory['peak_rss_mib']:,.0f} MiB**{gpu}, "
+              f"in {memory['seconds']:.3g} s: the pairwise pass {memory['pass']:.3g} s (pass / bound = "
+              f"{2 * T * memory['n'] * memory['m'] * (D + K - 1) / (report['gflops'] * 1e9) / memory['pass']:.2f}), "
+              f"the other influence signals {memory['influence']:.3g} s (two relabelled one-checkpoint passes, "
+              f"closed forms), baselines, novelty and the detector {memory['other']:.3g} s. This {verdict} the goal "
+              "of <= 2 GiB; the full pass ran, nothing was bounded.",
+              "",
+              "(b) every influence signal = " + ", ".join(influence_names()) + ", each also from the first "
+              "checkpoint alone. (c) = SI, MI, GD-class. (d) GEMM bound: every I_t(i, j) is needed on its own "
+              "(|.| and the clamp of the sum over checkpoints are not linear), and I_t = (E E^T) o (H H^T + 1): a "
+              "Gram of rank d (the + 1 is an elementwise add) and one of rank k - 1 (error rows sum to zero), so "
+              "2 T n m (d + k - 1) FLOPs is the least GEMM work; one Khatri-Rao GEMM would need width d(k - 1). "
+              f"Captum's train batches: {CAPTUM_BATCH}. Captum vs ours: the largest difference of the four "
+              "signals, relative to each signal's range."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(title: str, body: str, path: Path = RESULTS) -> None:
+    """Replace (or add) the section ``## title`` of results.md, keeping the other sections."""
+    header = ("# TracIn benchmark results\n\nProduced by `python benchmarks/tracin_benchmark.py` (one section per "
+              "device and mode); not edited by hand.\n")
+    text = path.read_text() if path.exists() else header
+    sections = text.split("\n## ")
+    kept = [s for s in sections[1:] if s.split("\n", 1)[0] != title]
+    path.write_text("\n## ".join([sections[0].rstrip("\n") + "\n", *sorted([*kept, f"{title}\n\n{body}"])]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--m", type=int, default=5_000)
-    parser.add_argument("--d", type=int, default=192)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--checkpoints", type=int, default=10)
-    parser.add_argument("--captum-batch", type=int, default=1024, help="Captum's train batch size (its default is 1)")
+    parser.add_argument("--quick", action="store_true", help="n = 2k, 4k, 8k; memory at n = 20k, m = 5k")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--memory-n", type=int, default=200_000)
-    parser.add_argument("--memory-m", type=int, default=50_000)
-    parser.add_argument("--memory-row-blocks", type=int, default=None,
-                        help="stop the memory run after this many 1024-row blocks (peak is reached in the first)")
+    parser.add_argument("--row-block", type=int, default=4096)
+    parser.add_argument("--col-block", type=int, default=512)
     parser.add_argument("--skip-captum", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        peak_memory_child(args.child, args.device, args.memory_row_blocks)
+        memory_child(args.child, args.device, args.row_block, args.col_block)
         return
-    torch.manual_seed(0)
+    sizes, memory_n = ((2_000, 4_000, 8_000), 20_000) if args.quick else ((5_000, 10_000, 20_000, 40_000), 200_000)
+    gflops = matmul_gflops(args.device)
+    with tempfile.TemporaryDirectory() as tmp:  # warm-up (first calls, lazy initialisation), not reported
+        one_size(1_000, 250, Path(tmp), args.device, args.row_block, args.col_block, gflops, args.skip_captum)
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(one_size(n, n // 4, Path(tmp), args.device, args.row_block, args.col_block, gflops,
+                                 args.skip_captum))
+        print(json.dumps(rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        model, paths, train, val = toy_problem(args.n, args.m, args.d, args.k, args.checkpoints, folder)
-        factors, matrix, all_signals = time_ours(model, paths, train, val, folder, args.device)
-        flops = 2 * args.checkpoints * args.n * args.m * (args.k + args.d + 1)
-        peak = matmul_gflops(args.device)
-        print(f"sizes: n={args.n} m={args.m} d={args.d} k={args.k} T={args.checkpoints} device={args.device} "
-              f"threads={torch.get_num_threads()}")
-        print(f"ours: factors {factors:.2f} s, train->validation matrix {matrix:.2f} s, all signals (one pass) {all_signals:.2f} s")
-        print(f"ours: {flops / matrix / 1e9:.1f} GFLOP/s on the matrix; plain float32 matmul {peak:.1f} GFLOP/s; "
-              f"ratio {flops / matrix / 1e9 / peak:.2f}")
-        if not args.skip_captum:
-            captum = time_captum(model, paths, train, val, args.captum_batch)
-            print(f"captum TracInCPFast (train batch {args.captum_batch}): {captum:.2f} s")
-            print(f"speed-up, captum / ours (factors + matrix): {captum / (factors + matrix):.1f}x")
-        memory_folder = folder / "memory"
-        write_synthetic_factors(memory_folder, args.memory_n, args.memory_m, args.d, args.k, args.checkpoints)
-        child = [sys.executable, __file__, "--child", str(memory_folder), "--device", args.device]
-        if args.memory_row_blocks is not None:
-            child += ["--memory-row-blocks", str(args.memory_row_blocks)]
-        result = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
-        print(f"all signals at n={args.memory_n} m={args.memory_m}: peak RSS {result['peak_rss_mib']:.0f} MiB, "
-              f"peak GPU {result['peak_gpu_mib']:.0f} MiB "
-              f"({result['rows']} train rows processed in {result['seconds']:.1f} s)")
+        memory = memory_run(memory_n, memory_n // 4, Path(tmp), args.device, args.row_block, args.col_block)
+    print(json.dumps(memory), flush=True)
+    machine = platform.processor() or platform.machine()
+    if args.device == "cpu":
+        machine = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                        if line.startswith("model name")), machine)
+    else:
+        machine = torch.cuda.get_device_name(args.device)
+    report = {"rows": rows, "memory": memory, "gflops": gflops, "device": args.device, "threads": torch.get_num_threads(),
+              "machine": machine, "tiles": f"{args.row_block} x {args.col_block}"}
+    body = markdown(report)
+    print(body)
+    write_results(f"{args.device}, {'quick' if args.quick else 'full'}", body)
 
 
 if __name__ == "__main__":

@@ -88,9 +88,10 @@ def test_rows_never_harm_their_own_class_when_head_inputs_are_nonnegative(tmp_pa
     influence.compute_factors(model, training.epoch_checkpoints(tmp_path / "c"), train, val, tmp_path / "f")
     store = FactorStore(tmp_path / "f")
     assert store.all("train_features").min() >= 0
-    _, neg, _, neg_t = influence.class_masses(influence.TracInEngine(store), store.y_val, 3)
+    pos, neg, _, neg_t = influence.class_masses(influence.TracInEngine(store), store.y_val, 3)
     rows = np.arange(len(store.y_train))
-    assert (neg[rows, store.y_train] == 0).all() and (neg_t[:, rows, store.y_train] == 0).all()
+    rounding = 1e-5 * float(pos.abs().max())  # N = S - P (closed-form sums minus the positive pass): zero up to rounding
+    assert neg[rows, store.y_train].abs().max() <= rounding and neg_t[:, rows, store.y_train].abs().max() <= rounding
     assert (neg.sum(1) < 0).any()  # harm exists, on the other classes
 
 

@@ -34,7 +34,8 @@ def inputs_of(matrix: np.ndarray, self_influence: np.ndarray, y_train: np.ndarra
 
 def hand_signals(block_size: int) -> dict[str, np.ndarray]:
     inputs = inputs_of(MATRIX[None], SELF[None], block_size=block_size)
-    names = [s.name for s in signals.SIGNALS if s.kind == "influence"]
+    # relabelled signals (CNCI, PCID, CFRank) need factors, not a matrix: tests/test_detect.py checks them
+    names = [s.name for s in signals.SIGNALS if s.kind == "influence" and "relabelled" not in s.needs]
     table, _, _ = signals.compute(inputs, names)
     return {name: table[name].to_numpy() for name in names}
 

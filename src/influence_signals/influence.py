@@ -100,12 +100,13 @@ class TracInEngine:
 
     def __init__(self, store: FactorStore, device: str = "cpu") -> None:
         self.store, self.device = store, resolve_device(device)
+        self.checkpoints, self.train_labels = list(range(store.n_checkpoints)), store.y_train  # the store's, in order
         self.weights = torch.tensor(store.meta.weights, dtype=torch.float32, device=self.device)
         self.val_errors, self.val_features = self._factors("val", store.y_val, 0, store.meta.n_val)
 
     @property
     def n_checkpoints(self) -> int:
-        return self.store.n_checkpoints
+        return len(self.checkpoints)
 
     @property
     def n_train(self) -> int:
@@ -128,15 +129,15 @@ class TracInEngine:
         errors = torch.empty((self.n_checkpoints, rows, meta.n_classes), device=self.device)
         features = torch.empty((self.n_checkpoints, rows, meta.dim + 1), device=self.device)
         features[..., -1] = 1.0
-        for t in range(self.n_checkpoints):
-            errors[t] = torch.softmax(self._tensor(f"{split}_logits", t, start, stop), dim=-1)
+        for t, checkpoint in enumerate(self.checkpoints):
+            errors[t] = torch.softmax(self._tensor(f"{split}_logits", checkpoint, start, stop), dim=-1)
             errors[t, torch.arange(rows, device=self.device), target] -= 1.0
-            features[t, :, :-1] = self._tensor(f"{split}_features", t, start, stop)
+            features[t, :, :-1] = self._tensor(f"{split}_features", checkpoint, start, stop)
         return errors, features
 
     def train_factors(self, start: int, stop: int, weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Error vectors (T, b, k), times w_t if ``weighted``, and bias-augmented features (T, b, d + 1)."""
-        errors, features = self._factors("train", self.store.y_train, start, stop)
+        errors, features = self._factors("train", self.train_labels, start, stop)
         return (errors.mul_(self.weights[:, None, None]) if weighted else errors), features
 
     def block(self, train_factors: tuple[torch.Tensor, torch.Tensor], start: int, stop: int) -> torch.Tensor:
@@ -163,22 +164,79 @@ class TracInEngine:
             parts.append(self.weights[:, None] * errors.square().sum(-1) * features.square().sum(-1))
         return torch.cat(parts, dim=1)
 
+    def _class_moments(self, y_val: np.ndarray, n_classes: int) -> torch.Tensor:
+        """A_tc = sum_{j in class c} e_j [h_j, 1]^T over validation rows, as (T, d + 1, C k)."""
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(self.device), n_classes).float()
+        return torch.einsum("jc,tjk,tjd->tdck", onehot, self.val_errors, self.val_features).flatten(2)
+
+    @staticmethod
+    def _project(moments: torch.Tensor, errors: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """w_t e_i^T A_tc [h_i, 1] for train rows given by their (weighted) factors: (T, b, C)."""
+        projected = torch.bmm(features, moments).view(*errors.shape[:2], -1, errors.shape[-1])  # (T, b, C, k)
+        return torch.einsum("tick,tik->tic", projected, errors)
+
     def class_sums(self, y_val: np.ndarray, n_classes: int) -> torch.Tensor:
         """Per-checkpoint sums of influence over each validation class (T, n, C), in closed form.
 
         sum_{j in c} I_t(i, j) = w_t e_i^T A_tc [h_i, 1] with A_tc = sum_{j in c} e_j [h_j, 1]^T (k x (d + 1)):
         O(T n k (d + 1) C) and no pairwise pass.
         """
-        onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(self.device), n_classes).float()
-        # A[t, c] = sum_j onehot[j, c] e_j h_j^T: (T, C, k, d + 1)
-        moments = torch.einsum("jc,tjk,tjd->tckd", onehot, self.val_errors, self.val_features)
+        moments = self._class_moments(y_val, n_classes)
         out = torch.empty((self.n_checkpoints, self.n_train, n_classes), device=self.device)
         for start in range(0, self.n_train, 8192):
             stop = min(start + 8192, self.n_train)
-            errors, features = self.train_factors(start, stop)
-            projected = torch.einsum("tckd,tid->tick", moments, features)  # (T, b, C, k)
-            out[:, start:stop] = torch.einsum("tick,tik->tic", projected, errors)
+            out[:, start:stop] = self._project(moments, *self.train_factors(start, stop))
         return out
+
+    def class_masses(self, y_val: np.ndarray, n_classes: int, row_block: int = 1024, col_block: int = 1024
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """P, N (n, C) of the summed influence and P_t, N_t (T, n, C) per checkpoint: the one pairwise pass.
+
+        Only the positive parts need the pass: N = S - P with S the closed-form class sums, computed here
+        from the same train factors. Validation rows are visited sorted by class, so that a class is a
+        contiguous run of a tile's columns. Per tile and checkpoint: the feature Gram and the error Gram (two
+        GEMMs into reused buffers), their product I_t, its running sum over checkpoints, the clamped per-class
+        run sums of I_t; the total is clamped only once summed over all checkpoints. Per checkpoint rather than
+        batched, so that a tile's buffers stay in cache between the GEMMs and the elementwise passes.
+        """
+        order = torch.from_numpy(np.argsort(y_val, kind="stable")).to(self.device)
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(y_val, minlength=n_classes))])
+        moments = self._class_moments(y_val, n_classes)
+        # per column tile: each checkpoint's GEMM operands, (d + 1, c) and (k, c), and the class runs it holds
+        val_features = self.val_features[:, order].transpose(1, 2).contiguous()
+        val_errors = self.val_errors[:, order].transpose(1, 2).contiguous()
+        tiles = []
+        for col in range(0, self.n_val, col_block):
+            col_stop = min(col + col_block, self.n_val)
+            runs = [(c, max(lo, col) - col, min(hi, col_stop) - col)
+                    for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if max(lo, col) < min(hi, col_stop)]
+            tiles.append((col_stop - col, list(zip(val_features[:, :, col:col_stop], val_errors[:, :, col:col_stop])), runs))
+        shape = (self.n_train, n_classes)
+        pos, pos_t = torch.zeros(shape, device=self.device), torch.zeros((self.n_checkpoints, *shape), device=self.device)
+        sums_t = torch.empty_like(pos_t)
+        buffers = torch.empty((3, row_block * col_block), device=self.device)
+        for start in range(0, self.n_train, row_block):
+            stop = min(start + row_block, self.n_train)
+            errors, features = self.train_factors(start, stop)
+            sums_t[:, start:stop] = self._project(moments, errors, features)
+            rows, row_pos, row_pos_t = list(zip(features, errors)), pos[start:stop], pos_t[:, start:stop]
+            for width, operands, runs in tiles:
+                influence, gram, total = buffers[:, : (stop - start) * width].view(3, stop - start, width)
+                for t, ((train_h, train_e), (val_h, val_e)) in enumerate(zip(rows, operands)):
+                    torch.mm(train_h, val_h, out=influence)
+                    torch.mm(train_e, val_e, out=gram)
+                    if t == 0:
+                        torch.mul(influence, gram, out=total)
+                        torch.clamp(total, min=0, out=influence)
+                    else:
+                        total.add_(influence.mul_(gram))
+                        influence.clamp_(min=0)
+                    for c, lo, hi in runs:
+                        row_pos_t[t, :, c] += influence[:, lo:hi].sum(1)
+                total.clamp_(min=0)
+                for c, lo, hi in runs:
+                    row_pos[:, c] += total[:, lo:hi].sum(1)
+        return pos, sums_t.sum(0).sub_(pos), pos_t, sums_t.sub_(pos_t)
 
     def matrix(self, per_checkpoint: bool = False) -> torch.Tensor:
         """The full train -> validation matrix (n, m), or (T, n, m); only for sizes that fit in memory."""
@@ -219,8 +277,12 @@ def class_masses(source: Any, y_val: np.ndarray, n_classes: int, row_block: int 
                  col_block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass over all tiles: positive / negative influence mass per (row, validation class).
 
-    Returns P, N of the summed influence (n, C) and P_t, N_t per checkpoint (T, n, C).
+    Returns P, N of the summed influence (n, C) and P_t, N_t per checkpoint (T, n, C). The engine (the
+    relabelled one included) runs its factorised pass (``TracInEngine.class_masses``); other sources
+    (Captum's dense matrices) reduce the tiles they yield.
     """
+    if isinstance(source, TracInEngine):
+        return source.class_masses(y_val, n_classes, row_block, col_block)
     device = source.device
     onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(device), n_classes).float()
     shape = (source.n_train, n_classes)
@@ -293,26 +355,14 @@ def write_matrix(path: str | Path, engine: TracInEngine) -> None:
     save_npz(path, influence=engine.matrix().cpu().numpy(), self_influence=engine.self_influence().sum(0).cpu().numpy())
 
 
-class Relabelled:
+class Relabelled(TracInEngine):
     """The last checkpoint's influence with every train row's label replaced (the follow-up's counterfactual).
 
-    Only the train rows' error vectors change (softmax - onehot(y')), so it costs one pass of one
-    checkpoint, through the same tiles as the engine (``class_masses`` accepts it as a source).
+    Only the train rows' error vectors change (softmax - onehot(y')), so it is the engine restricted to its
+    last checkpoint with other train labels: one checkpoint's pass, through the engine's own tiles.
     """
 
-    def __init__(self, engine: TracInEngine, labels: np.ndarray) -> None:
-        self.engine, self.labels, self.device = engine, labels, engine.device
-        self.n_checkpoints, self.n_train, self.n_val = 1, engine.n_train, engine.n_val
-
-    def blocks(self, row_block: int = 1024, col_block: int = 1024) -> Iterator[tuple[slice, slice, torch.Tensor]]:
-        engine, last = self.engine, self.engine.n_checkpoints - 1
-        val_errors, val_features = engine.val_errors[last : last + 1], engine.val_features[last : last + 1]
-        for start in range(0, self.n_train, row_block):
-            stop = min(start + row_block, self.n_train)
-            errors, features = engine._factors("train", self.labels, start, stop)
-            errors, features = errors[last : last + 1] * engine.weights[last], features[last : last + 1]
-            for col in range(0, self.n_val, col_block):
-                col_stop = min(col + col_block, self.n_val)
-                block = torch.bmm(features, val_features[:, col:col_stop].transpose(1, 2))
-                yield slice(start, stop), slice(col, col_stop), block.mul_(
-                    torch.bmm(errors, val_errors[:, col:col_stop].transpose(1, 2)))
+    def __init__(self, engine: TracInEngine, labels: np.ndarray) -> None:  # the engine's factors, not re-read from the store
+        self.store, self.device = engine.store, engine.device
+        self.checkpoints, self.train_labels, self.weights = engine.checkpoints[-1:], labels, engine.weights[-1:]
+        self.val_errors, self.val_features = engine.val_errors[-1:], engine.val_features[-1:]

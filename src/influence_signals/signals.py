@@ -92,7 +92,7 @@ class View:
 class SignalInputs:
     """Every input a signal may need, each computed once on first use (float64 numpy arrays)."""
 
-    def __init__(self, source: InfluenceSource, store: FactorStore, row_block: int = 1024, col_block: int = 1024,
+    def __init__(self, source: InfluenceSource, store: FactorStore, row_block: int = 4096, col_block: int = 512,
                  k_neighbours: int = 5, seed: int = 0, data: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.source, self.store, self.data = source, store, data  # data: train and validation inputs, if given
         self.row_block, self.col_block, self.k_neighbours, self.seed = row_block, col_block, k_neighbours, seed
