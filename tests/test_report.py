@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_readme_results_equal_what_the_script_renders_from_the_committed_summaries(section):
     readme = (ROOT / "README.md").read_text()
     shown = report.SECTIONS[section]
-    if not (ROOT / shown / "summary.csv").exists():
-        pytest.skip(f"{shown} holds no run yet")
+    if section != "results" and not (ROOT / shown / "summary.csv").exists():
+        pytest.skip(f"{shown} holds no run yet")  # the default run's section must always be there
     assert report.section_text(readme, section) == report.render(shown, ROOT / shown, section)
 
 
