@@ -84,7 +84,36 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class ResNet20(nn.Module):
+class BlockNetwork(nn.Module):
+    """A stem, a sequence of blocks, global average pooling and a head: a frozen prefix of blocks (``trunk``)
+    can be computed once and the trainable rest (``top``) run on its output."""
+
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def trunk(self, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
+        """The input to block ``frozen_blocks``: what a frozen prefix computes."""
+        x = self.stem(x)
+        for block in self.blocks()[:frozen_blocks]:
+            x = block(x)
+        return x
+
+    def top(self, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
+        for block in self.blocks()[frozen_blocks:]:
+            x = block(x)
+        return self.classify(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.top(self.trunk(x, 0), 0)
+
+
+class ResNet20(BlockNetwork):
     """Module names follow the published weights: option A (Idelbayev's, head ``linear``) or B (chenyaofo's, ``fc``)."""
 
     def __init__(self, n_classes: int, shortcut: str = "A", head: str = "linear", in_channels: int = 3) -> None:
@@ -100,26 +129,18 @@ class ResNet20(nn.Module):
         self.head_name = head
         setattr(self, head, nn.Linear(64, n_classes))
 
-    def trunk(self, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
-        """The input to block ``frozen_blocks`` (0-8 over layer1..layer3): what a frozen prefix computes."""
-        x = F.relu(self.bn1(self.conv1(x)))
-        for block in self.blocks()[:frozen_blocks]:
-            x = block(x)
-        return x
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn1(self.conv1(x)))
 
-    def top(self, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
-        for block in self.blocks()[frozen_blocks:]:
-            x = block(x)
-        return getattr(self, self.head_name)(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        head: nn.Module = getattr(self, self.head_name)
+        return head(pooled)
 
-    def blocks(self) -> list[nn.Module]:
+    def blocks(self) -> list[nn.Module]:  # 9 blocks over layer1..layer3
         return [*self.layer1, *self.layer2, *self.layer3]
 
     def block_names(self) -> list[str]:
         return [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.top(self.trunk(x, 0), 0)
 
 
 class FTTransformerClassifier(nn.Module):
@@ -193,7 +214,7 @@ class MBConvLite(nn.Module):
         return x + inputs if self.residual else x
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(BlockNetwork):
     """EfficientNet-Lite0 (4.65 M parameters with its 1000-class head), head ``_fc`` on pooled 1280 features.
 
     Its inputs are expected as TF-lite's ``(255 x - 127) / 128`` (mean 127/255, sd 128/255 on [0, 1] images).
@@ -223,20 +244,11 @@ class EfficientNetLite0(nn.Module):
     def block_names(self) -> list[str]:
         return ["_conv_stem", *(f"_blocks.{i}" for i in range(len(self._blocks))), "_conv_head"]
 
-    def trunk(self, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
-        """The input to block ``frozen_blocks`` (0-18, stem first): what a frozen prefix computes."""
-        for block in self.blocks()[:frozen_blocks]:
-            x = block(x)
-        return x
-
-    def top(self, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
-        for block in self.blocks()[frozen_blocks:]:
-            x = block(x)
-        return self._fc(self._dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(pooled))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled 1280 features ``_fc`` sees."""
         return torch.flatten(F.adaptive_avg_pool2d(self.trunk(x, len(self._blocks) + 2), 1), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.top(x, 0)
+
