@@ -120,11 +120,11 @@ def detect(inputs: SignalInputs) -> pd.DataFrame:
     """Every training row's suspicion, glitch type (mislabel / anomaly / none), suggested label and confidence."""
     from .baselines import area_under_margin
 
-    probabilities = clean_reference_probabilities(inputs)
+    probabilities = inputs.reference_probabilities
     rows = np.arange(len(inputs.y_train))
     p_observed = probabilities[rows, inputs.y_train]
     label_evidence = (percentile(1 - p_observed) + percentile(area_under_margin(inputs.logits, inputs.y_train))) / 2
-    statistic, p_values = novelty(inputs)
+    statistic, p_values = inputs.novelty
     anomalous = declared_anomalies(statistic, p_values)
     suspicion = np.where(anomalous, 2 + percentile(statistic), label_evidence) / 3
     suggested = probabilities.argmax(1)

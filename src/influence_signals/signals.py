@@ -165,6 +165,20 @@ class SignalInputs:
             return 1.0 / (pos.sum(-1) * np.abs(pos - pos_relabelled).max(-1))
 
     @cached_property
+    def reference_probabilities(self) -> np.ndarray:
+        """P(class | features) of training rows from a classifier fitted on the validation rows (fitted once)."""
+        from .detector import clean_reference_probabilities
+
+        return clean_reference_probabilities(self)
+
+    @cached_property
+    def novelty(self) -> tuple[np.ndarray, np.ndarray]:
+        """The detector's novelty score and p-values (the kNN searches run once)."""
+        from .detector import novelty
+
+        return novelty(self)
+
+    @cached_property
     def detections(self) -> pd.DataFrame:
         from .detector import detect
 
@@ -232,12 +246,6 @@ def ordinal_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _detector() -> Any:
-    from . import detector
-
-    return detector
-
-
 def _baselines() -> Any:
     """The baselines module, imported when a baseline is computed (it needs scikit-learn and cleanlab)."""
     from . import baselines
@@ -287,9 +295,9 @@ _add(Signal(name="confident_learning", label="Confident learning", needs=("featu
 _add(Signal(name="isolation_forest", label="Isolation Forest", needs=("features",), kind="baseline",
             of_inputs=lambda i: _baselines().isolation_forest(i.features[0], i.seed)))
 _add(Signal(name="clean_reference", label="Clean-reference classifier", needs=("features",), kind="novelty",
-            of_inputs=lambda i: 1 - _detector().clean_reference_probabilities(i)[np.arange(len(i.y_train)), i.y_train]))
+            of_inputs=lambda i: 1 - i.reference_probabilities[np.arange(len(i.y_train)), i.y_train]))
 _add(Signal(name="novelty", label="Reference novelty", needs=("features", "data"), kind="novelty",
-            of_inputs=lambda i: _detector().novelty(i)[0]))
+            of_inputs=lambda i: i.novelty[0]))
 _add(Signal(name="detector", label="Detector (ours)", needs=("features", "logits", "data"), kind="detector",
             of_inputs=lambda i: i.detections["suspicion"].to_numpy()))
 

@@ -117,23 +117,22 @@ def frozen_blocks(model: AdaptedModel) -> int:
     return count
 
 
+def frozen_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that have parameters, none of them trainable."""
+    return [m for m in model.modules()
+            if (own := list(m.parameters(recurse=False))) and not any(p.requires_grad for p in own)]
+
+
 def frozen_state(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Parameters and buffers of the modules with no trainable parameter: what a cached trunk output depends on."""
-    state = []
-    for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        if own and not any(p.requires_grad for p in own):
-            state.extend([*own, *module.buffers(recurse=False)])
-    return state
+    """Parameters and buffers of the frozen modules: what a cached trunk output depends on."""
+    return [t for m in frozen_modules(model) for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
 
 
 def train_mode(model: torch.nn.Module) -> None:
     """Train mode for what is trained; frozen modules stay in eval mode (their BatchNorm statistics too)."""
     model.train()
-    for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        if own and not any(p.requires_grad for p in own):
-            module.eval()
+    for module in frozen_modules(model):
+        module.eval()
 
 
 @torch.no_grad()
