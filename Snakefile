@@ -1,5 +1,5 @@
 # influence-signals: how well training-data influence signals find glitches in a training set.
-# Stages: prepare -> inject -> (pretrain) -> train -> influence -> signals -> evaluate -> aggregate.
+# Stages: prepare -> inject -> (pretrain) -> train (with its TracIn factors) -> signals -> aggregate -> figures.
 # `snakemake --configfile mine.yaml` runs only what mine.yaml declares: config.yaml is read only when no
 # config file is given, and the schema's defaults fill the rest.
 from snakemake.utils import min_version
@@ -29,3 +29,4 @@ rule all:
         "results/summary.pdf",
         expand("results/{figure}.pdf", figure=FIGURES),
         expand("results/{table}.{ext}", table=TABLES, ext=("csv", "md")),
+        run_paths("dense_influence.npz") if config["influence"]["write_matrix"] else [],

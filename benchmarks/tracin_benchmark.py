@@ -40,6 +40,7 @@ from influence_signals.factors import FactorStore
 
 D_IN, D, K, T = 32, 64, 10, 5
 CAPTUM_BATCH = 1024
+BATCH = 128  # the toy runs' training batch size
 RESULTS = Path(__file__).with_name("results.md")
 FOUR = ("si", "mi", "aai", "gd_class")  # the study's signals, computed by both paths
 CLOSED_FORMS = ("si", "mi", "gd_class")
@@ -55,7 +56,7 @@ def toy_run(n: int, m: int, folder: Path, device: str, seed: int = 0
     train, _ = glitches.uniform_noise(train, 0.1, np.random.default_rng(seed))
     torch.manual_seed(seed)
     model = models.build("mlp", (D_IN,), K, {"n_blocks": 1, "d_block": D, "dropout": 0.0})
-    training.train(model, train, val, training.TrainSettings(epochs=T, lr=0.1, batch_size=128, seed=seed, device=device),
+    training.train(model, train, val, training.TrainSettings(epochs=T, lr=0.1, batch_size=BATCH, seed=seed, device=device),
                    folder / "ckpt")
     return model, training.epoch_checkpoints(folder / "ckpt"), train, val
 
@@ -121,8 +122,8 @@ def one_size(n: int, m: int, folder: Path, device: str, row_block: int, col_bloc
     if not skip_captum:
         for kind in ("fast", "cp"):
             theirs, row[f"captum_{kind}"] = timed(device, lambda: captum(kind, model, checkpoints, train, val, device))
-    _, row["factors"] = timed(device, lambda: influence.compute_factors(model, checkpoints, train, val, folder / "factors",
-                                                                        device=device))
+    _, row["factors"] = timed(device, lambda: training.record_factors(model, checkpoints, train, val, folder / "factors",
+                                                                        BATCH, device))
     store = FactorStore(folder / "factors")
 
     def run(names: list[str]) -> Any:
@@ -163,7 +164,7 @@ def memory_child(folder: str, device: str, row_block: int, col_block: int) -> No
 
 def memory_run(n: int, m: int, folder: Path, device: str, row_block: int, col_block: int) -> dict[str, Any]:
     model, checkpoints, train, val = toy_run(n, m, folder, device)
-    influence.compute_factors(model, checkpoints, train, val, folder / "factors", device=device)
+    training.record_factors(model, checkpoints, train, val, folder / "factors", BATCH, device)
     np.save(folder / "train_x.npy", train.x)
     np.save(folder / "val_x.npy", val.x)
     child = [sys.executable, __file__, "--child", str(folder), "--device", device,

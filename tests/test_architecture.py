@@ -18,7 +18,7 @@ from influence_signals.signals import SIGNALS, labels
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "influence_signals"
-STAGES = ["prepare", "inject", "train", "compute_influence", "compute_signals", "evaluate", "score", "aggregate", "figure",
+STAGES = ["prepare", "inject", "train", "dense_influence", "compute_signals", "evaluate", "score", "aggregate", "figure",
           "table"]
 
 
@@ -74,7 +74,9 @@ def test_editing_a_helper_used_by_signals_reruns_signals_and_what_follows_only(t
     ("stages", 'JOB_KEYS = ("dataset", "model", "glitch", "ratio")', 'JOB_KEYS = ("dataset", "model", "glitch", "ratio", "seed")',
      {"aggregate"}),  # a module constant of stages reaches the stage that uses it, and no other
     ("training", "    return seed * 100_003 + epoch", "    return seed * 100_019 + epoch",
-     {"train", "compute_influence", "compute_signals", "score", "aggregate", "figure", "table"}),
+     {"train", "dense_influence", "compute_signals", "score", "aggregate", "figure", "table"}),
+    ("influence", "        return len(self.checkpoints)\n", "        return len(self.checkpoints)  # edited\n",
+     {"dense_influence", "compute_signals", "score", "aggregate", "figure", "table"}),  # the engine: training stays cached
 ])
 def test_a_changed_constant_or_helper_reaches_its_stages(tmp_path, module, old, new, expected):
     before = {stage: fingerprint.stage_fingerprint(stage) for stage in STAGES}

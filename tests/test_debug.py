@@ -175,7 +175,7 @@ def test_through_snakemake_only_this_datas_jobs_run(tmp_path, capfd):
     assert main([*args, "--dry-run"]) == 0
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", capfd.readouterr().out, flags=re.MULTILINE))
     planned.pop("total")
-    assert {rule: int(n) for rule, n in planned.items()} == {rule: 2 for rule in ("prepare", "inject", "train", "influence",
+    assert {rule: int(n) for rule, n in planned.items()} == {rule: 2 for rule in ("prepare", "inject", "train",
                                                                               "signals")}  # no figure, table or aggregate
     assert not (tmp_path / "report" / "suspects.csv").exists()
     assert main(args) == 0

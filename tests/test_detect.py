@@ -26,8 +26,8 @@ def write_store(folder: Path, logits: dict[str, np.ndarray], features: dict[str,
         np.save(folder / f"{name}.npy", arrays[name].astype(np.float32))
     np.save(folder / "y_train.npy", y_train)
     np.save(folder / "y_val.npy", y_val)
-    meta = {"n_train": len(y_train), "n_val": len(y_val), "n_classes": C, "dim": D, "weights": weights,
-            "epochs": list(range(1, len(weights) + 1)), "checkpoints": [], "weighting": "lr"}
+    meta = {"n_train": len(y_train), "n_val": len(y_val), "n_classes": C, "dim": D, "learning_rates": weights,
+            "train_batch_size": 32, "epochs": list(range(1, len(weights) + 1)), "checkpoints": []}
     (folder / "meta.json").write_text(json.dumps(meta))
     return FactorStore(folder)
 
@@ -84,8 +84,8 @@ def test_rows_never_harm_their_own_class_when_head_inputs_are_nonnegative(tmp_pa
     train, _ = glitches.inject(train, "uniform", 0.2, 0)
     torch.manual_seed(0)
     model = models.build("mlp", (5,), 3, {"n_blocks": 2, "d_block": 16})
-    training.train(model, train, val, training.TrainSettings(epochs=3, lr=0.1, batch_size=32), tmp_path / "c")
-    influence.compute_factors(model, training.epoch_checkpoints(tmp_path / "c"), train, val, tmp_path / "f")
+    training.train(model, train, val, training.TrainSettings(epochs=3, lr=0.1, batch_size=32), tmp_path / "c",
+                   tmp_path / "f")
     store = FactorStore(tmp_path / "f")
     assert store.all("train_features").min() >= 0
     pos, neg, _, neg_t = influence.class_masses(influence.TracInEngine(store), store.y_val, 3)
@@ -131,8 +131,8 @@ def test_the_detector_finds_types_and_repairs_labels(tmp_path):
     train, errors = glitches.inject(train, "mixture", 0.1, 2, options={"components": {"uniform": 0.5, "outlier": 0.5}})
     torch.manual_seed(0)
     model = models.build("mlp", (6,), 3, {"n_blocks": 2, "d_block": 32})
-    training.train(model, train, val, training.TrainSettings(epochs=8, lr=0.1, batch_size=32), tmp_path / "c")
-    influence.compute_factors(model, training.epoch_checkpoints(tmp_path / "c"), train, val, tmp_path / "f")
+    training.train(model, train, val, training.TrainSettings(epochs=8, lr=0.1, batch_size=32), tmp_path / "c",
+                   tmp_path / "f")
     store = FactorStore(tmp_path / "f")
     inputs = signals.SignalInputs(influence.TracInEngine(store), store, data=(train.x, val.x))
     verdict = inputs.detections

@@ -32,7 +32,7 @@ def test_a_figure_target_plans_only_its_own_jobs(tmp_path):
     jobs = cfg.target_jobs(config, "figures", "fig4b")
     counts = dry_run("results/fig4b.pdf", "-d", str(tmp_path), "--configfile", str(ROOT / "config.yaml"))
     splits = {cfg.split_seed(config, job.seed) for job in jobs}  # one prepared split per seed (resample_per_seed)
-    assert counts == {"prepare": len(splits), "inject": len(jobs), "train": len(jobs), "influence": len(jobs),
+    assert counts == {"prepare": len(splits), "inject": len(jobs), "train": len(jobs),
                       "signals": len(jobs), "figure": 1}  # signals and evaluate share one job
 
 

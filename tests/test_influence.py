@@ -17,9 +17,11 @@ def run(tmp_path_factory):
     train, val, _ = datasets.prepare(data, 1.0, 0.2, 0)
     torch.manual_seed(0)
     model = models.build("mlp", train.x.shape[1:], 3, {"n_blocks": 1, "d_block": 12, "dropout": 0.1})
-    training.train(model, train, val, training.TrainSettings(epochs=3, lr=0.2, batch_size=32), folder / "ckpt")
+    training.train(model, train, val, training.TrainSettings(epochs=3, lr=0.2, batch_size=32), folder / "ckpt",
+                   folder / "factors")
     checkpoints = training.epoch_checkpoints(folder / "ckpt")
-    influence.compute(model, checkpoints, train, val, folder / "factors", backend="captum")
+    influence.write_dense(folder / "captum.npz", "captum", folder / "factors", model=model, checkpoints=checkpoints,
+                          train=train, val=val)
     return model, checkpoints, train, val, folder
 
 
@@ -53,7 +55,7 @@ def test_engine_equals_brute_force(run):
 def test_engine_equals_captum_tracincp(run):
     *_, folder = run
     engine = influence.TracInEngine(FactorStore(folder / "factors"))
-    captum = influence.open_influence(folder / "factors")
+    captum = influence.open_influence(folder / "factors", dense=folder / "captum.npz")
     assert isinstance(captum, influence.DenseInfluence)
     ours, theirs = engine.matrix(per_checkpoint=True).numpy(), captum.per_checkpoint.numpy()
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
@@ -71,12 +73,37 @@ def test_blocks_tile_the_matrix_whatever_the_block_size(run):
     torch.testing.assert_close(tiled, full)
 
 
-def test_lr_over_batch_scales_by_batch_size(run, tmp_path):
-    model, checkpoints, train, val, folder = run
-    influence.compute_factors(model, checkpoints, train, val, tmp_path / "f", weighting="lr_over_batch", train_batch_size=32)
-    scaled = influence.TracInEngine(FactorStore(tmp_path / "f")).matrix()
+def test_lr_over_batch_scales_by_the_training_batch_size(run):
+    *_, folder = run
+    scaled = influence.TracInEngine(FactorStore(folder / "factors"), weighting="lr_over_batch").matrix()
     plain = influence.TracInEngine(FactorStore(folder / "factors")).matrix()
     torch.testing.assert_close(scaled * 32, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_the_engines_dense_matrix_is_the_one_written(run, tmp_path):
+    *_, folder = run
+    influence.write_dense(tmp_path / "dense.npz", "factors", folder / "factors", weighting="lr_over_batch")
+    dense = influence.open_influence(folder / "factors", dense=tmp_path / "dense.npz")
+    engine = influence.TracInEngine(FactorStore(folder / "factors"), weighting="lr_over_batch")
+    torch.testing.assert_close(dense.per_checkpoint, engine.matrix(per_checkpoint=True))
+    torch.testing.assert_close(dense.weights, engine.weights)
+
+
+def test_factors_recorded_in_training_equal_a_fresh_recording_from_the_checkpoints(tmp_path):
+    """Training records factors from its frozen-trunk cache; loading each checkpoint anew gives the same."""
+    train, val, _ = datasets.prepare(datasets.make_shapes(n_per_class=30, size=16, seed=1), 1.0, 0.25, 0)
+    torch.manual_seed(0)
+    model = models.build("resnet20", train.x.shape[1:], train.n_classes, None)
+    settings = training.TrainSettings(epochs=2, lr=0.05, batch_size=16, trainable=["layer3", "linear"])
+    training.train(model, train, val, settings, tmp_path / "ckpt", tmp_path / "recorded")
+    torch.manual_seed(1)
+    fresh = models.build("resnet20", train.x.shape[1:], train.n_classes, None)  # other weights everywhere until loaded
+    models.set_trainable(fresh, settings.trainable)
+    training.record_factors(fresh, training.epoch_checkpoints(tmp_path / "ckpt"), train, val, tmp_path / "fresh", 16)
+    recorded, again = FactorStore(tmp_path / "recorded"), FactorStore(tmp_path / "fresh")
+    assert recorded.meta == again.meta and recorded.meta.learning_rates == [0.05, 0.05]
+    for name in ("train_logits", "train_features", "val_logits", "val_features"):
+        np.testing.assert_allclose(recorded.all(name), again.all(name), rtol=1e-5, atol=1e-6)
 
 
 def test_factor_store_reads_rows_without_loading_everything(run):
@@ -84,11 +111,12 @@ def test_factor_store_reads_rows_without_loading_everything(run):
     store = FactorStore(folder / "factors")
     whole = np.load(folder / "factors" / "train_features.npy")
     np.testing.assert_array_equal(store.read("train_features", 1, 10, 20), whole[1, 10:20])
-    assert store.meta.weights == [0.2, 0.2, 0.2] and store.meta.epochs == [1, 2, 3]
+    assert store.meta.learning_rates == [0.2, 0.2, 0.2] and store.meta.epochs == [1, 2, 3]
+    assert store.meta.train_batch_size == 32
 
 
 def test_broken_artifacts_are_named(tmp_path, run):
-    with pytest.raises(ArtifactError, match="not a complete influence-factor folder"):
+    with pytest.raises(ArtifactError, match="not a complete factor folder"):
         FactorStore(tmp_path)
     model, *_ = run
     bad = tmp_path / "bad.pt"
@@ -103,7 +131,7 @@ def test_signals_agree_between_engine_and_captum_backend(run):
     *_, folder = run
     store = FactorStore(folder / "factors")
     ours, ours_epochs, _ = signals.compute(signals.SignalInputs(influence.TracInEngine(store), store, 64, 16))
-    theirs, theirs_epochs, _ = signals.compute(signals.SignalInputs(influence.open_influence(folder / "factors"), store))
+    theirs, theirs_epochs, _ = signals.compute(signals.SignalInputs(influence.open_influence(folder / "factors", dense=folder / "captum.npz"), store))
     columns = [c for c in ours.columns if c != "row"]
     scale = np.abs(theirs[columns].to_numpy()).max(axis=0)
     np.testing.assert_array_less(np.abs(ours[columns].to_numpy() - theirs[columns].to_numpy()).max(axis=0), 1e-4 * scale + 1e-9)

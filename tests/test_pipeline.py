@@ -41,8 +41,8 @@ def finished(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pipeline")
     write_config(folder, TINY)
     # prepare: digits, its far-CA source shapes, the pre-training set, synth_tabular once per seed
-    assert planned(folder) == {"prepare": 5, "inject": 3, "pretrain": 1, "train": 3, "influence": 3,
-                               "signals": 3, "aggregate": 1, "all": 1}
+    assert planned(folder) == {"prepare": 5, "inject": 3, "pretrain": 1, "train": 3, "signals": 3, "aggregate": 1,
+                               "all": 1}  # the train job records the TracIn factors: no influence job
     snakemake(folder, "--cores", "2")
     return folder
 
@@ -79,11 +79,35 @@ def test_changed_stage_parameter_reruns_only_that_stage_and_what_follows(finishe
     write_config(finished, changed)
     try:
         assert planned(finished) == {"signals": 3, "aggregate": 1, "all": 1}
+        changed["influence"]["weighting"] = "lr_over_batch"  # applied when reading the factors: training stays
+        write_config(finished, changed)
+        assert planned(finished) == {"signals": 3, "aggregate": 1, "all": 1}
+        changed["influence"]["write_matrix"] = True
+        write_config(finished, changed)
+        assert planned(finished) == {"dense_influence": 3, "signals": 3, "aggregate": 1, "all": 1}
         changed["train"]["models"]["mlp"]["lr"] = 0.05
         write_config(finished, changed)
-        assert planned(finished) == {"train": 2, "influence": 2, "signals": 3, "aggregate": 1, "all": 1}
+        assert planned(finished) == {"train": 2, "dense_influence": 3, "signals": 3, "aggregate": 1, "all": 1}
     finally:
         write_config(finished, TINY)
+
+
+@pytest.mark.pipeline
+def test_the_captum_backend_gives_the_engines_scores(finished, tmp_path):
+    """``influence.backend: captum`` runs Captum's TracInCP on the checkpoints and the signals from its matrices."""
+    import shutil
+
+    shutil.copytree(finished, tmp_path / "copy", symlinks=True)
+    captum = {**TINY, "influence": {**TINY["influence"], "backend": "captum"}}
+    write_config(tmp_path / "copy", captum)
+    assert planned(tmp_path / "copy") == {"dense_influence": 3, "signals": 3, "aggregate": 1, "all": 1}
+    snakemake(tmp_path / "copy", "--cores", "2")
+    for run in ("synth_tabular/mlp/uniform/r10/s0", "digits/resnet20/far_ca/r10/s0"):
+        ours = pd.read_csv(finished / "results/runs" / run / "scores.csv")
+        theirs = pd.read_csv(tmp_path / "copy/results/runs" / run / "scores.csv")
+        for signal in ("si", "mi", "aai", "gd_class", "cnci"):
+            scale = np.abs(ours[signal]).max()
+            np.testing.assert_allclose(theirs[signal], ours[signal], rtol=1e-3, atol=1e-4 * scale, err_msg=f"{run} {signal}")
 
 
 @pytest.mark.pipeline

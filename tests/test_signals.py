@@ -22,14 +22,14 @@ SELF = np.array([4.0, 9.0, 1.0], dtype=np.float32)
 
 def fake_store(y_train: np.ndarray, y_val: np.ndarray, n_checkpoints: int = 1) -> SimpleNamespace:
     """What SignalInputs reads of a factor store, for influence given directly as a matrix."""
-    meta = SimpleNamespace(n_classes=int(max(y_train.max(), y_val.max())) + 1, weights=[1.0] * n_checkpoints)
+    meta = SimpleNamespace(n_classes=int(max(y_train.max(), y_val.max())) + 1, learning_rates=[1.0] * n_checkpoints)
     return SimpleNamespace(y_train=y_train, y_val=y_val, meta=meta, n_checkpoints=n_checkpoints)
 
 
 def inputs_of(matrix: np.ndarray, self_influence: np.ndarray, y_train: np.ndarray = Y_TRAIN, y_val: np.ndarray = Y_VAL,
               block_size: int = 1024) -> signals.SignalInputs:
     store = fake_store(y_train, y_val, len(matrix))
-    return signals.SignalInputs(DenseInfluence(matrix, self_influence), store, block_size, block_size)  # type: ignore[arg-type]
+    return signals.SignalInputs(DenseInfluence(matrix, self_influence, np.ones(len(matrix))), store, block_size, block_size)  # type: ignore[arg-type]
 
 
 def hand_signals(block_size: int) -> dict[str, np.ndarray]:
@@ -67,7 +67,7 @@ def test_mi_cancels_where_sign_aware_does_not():
 
 def test_per_checkpoint_masses_sum_to_totals_when_signs_agree():
     per_t = np.stack([MATRIX, 2 * MATRIX])
-    source = DenseInfluence(per_t, np.stack([SELF, 2 * SELF]))
+    source = DenseInfluence(per_t, np.stack([SELF, 2 * SELF]), np.ones(2))
     pos, neg, pos_t, neg_t = class_masses(source, Y_VAL, 2, 2, 3)
     np.testing.assert_allclose(pos_t.sum(0), pos)
     np.testing.assert_allclose(neg_t.sum(0), neg)

@@ -22,7 +22,7 @@ def store(tmp_path_factory) -> FactorStore:
         np.save(folder / f"{name}.npy", rng.normal(size=(T, *shapes[name])).astype(np.float32))
     np.save(folder / "y_train.npy", rng.integers(0, K, N))
     np.save(folder / "y_val.npy", rng.choice(3, M, p=[0.6, 0.3, 0.1]))
-    meta = FactorMeta(N, M, K, D, [0.3, 0.1, 0.05], [1, 2, 3], ["a.pt", "b.pt", "c.pt"], "lr")
+    meta = FactorMeta(N, M, K, D, [0.3, 0.1, 0.05], 32, [1, 2, 3], ["a.pt", "b.pt", "c.pt"])
     (folder / "meta.json").write_text(json.dumps(meta.__dict__))
     return FactorStore(folder)
 

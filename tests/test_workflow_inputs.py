@@ -37,7 +37,7 @@ def test_a_configfile_runs_only_what_it_declares(tmp_path):
     write_table(tmp_path / "mine.csv")
     mine = user_config(tmp_path, tmp_path / "mine.csv")
     counts = planned(tmp_path, "--configfile", str(mine))
-    assert counts == {"prepare": 1, "inject": 1, "train": 1, "influence": 1, "signals": 1,
+    assert counts == {"prepare": 1, "inject": 1, "train": 1, "signals": 1,
                       "aggregate": 1, "all": 1}
 
 

@@ -243,7 +243,7 @@ def _run_direct(plan: Plan, config: Mapping[str, Any]) -> None:
         paths = {"train": train_split, "val": val_split, "pool": plan.split_path(fold, split, "pool"),
                  "clean_train": train_split, "glitched_train": train_set, "errors": train_set.with_name("errors.csv"),
                  "train_set": train_set, "val_set": val_split, "checkpoints": run / "checkpoints",
-                 "history": run / "history.csv", "factors": run / "influence", "scores": run / "scores.csv",
+                 "history": run / "history.csv", "factors": run / "factors", "dense": run / "dense_influence.npz", "scores": run / "scores.csv",
                  "per_epoch": run / "per_epoch.npz", "detections": run / "detections.csv"}
         common = {**{key: str(value) for key, value in paths.items()}, "seed": seed, "model": plan.model,
                   "settings": settings, "download": config["download"], "device": config["device"]}
@@ -253,11 +253,14 @@ def _run_direct(plan: Plan, config: Mapping[str, Any]) -> None:
         _call(stages.inject, common, glitch=GLITCH, ratio=RATIO, options=cfg.glitch_options(config, GLITCH))
         progress(f"{step}: training ...")
         _call(stages.train, common, pretrained=None)
-        progress(f"{step}: influence ...")
-        _call(stages.compute_influence, common, backend=config["influence"]["backend"],
-              weighting=config["influence"]["weighting"], write_matrix=config["influence"]["write_matrix"])
+        captum = config["influence"]["backend"] == "captum"  # the signals then read Captum's dense matrices
+        tracin = {"backend": config["influence"]["backend"], "weighting": config["influence"]["weighting"]}
+        if captum or config["influence"]["write_matrix"]:
+            progress(f"{step}: dense influence matrices ...")
+            _call(stages.dense_influence, common, **tracin)
         progress(f"{step}: signals ...")
-        _call(stages.compute_signals, common, row_block=signal_settings["row_block"],
+        _call(stages.compute_signals, {**common, "dense": common["dense"] if captum else None}, **tracin,
+              row_block=signal_settings["row_block"],
               col_block=signal_settings["col_block"], k_neighbours=signal_settings["k_neighbours"],
               use_baselines=signal_settings["baselines"], names=signal_settings["names"])
 
@@ -290,7 +293,7 @@ def collect(plan: Plan, expected_ids: np.ndarray) -> pd.DataFrame:
         run = plan.run_dir(fold, seed)
         scores = pd.read_csv(run / "scores.csv").drop(columns=["id"])  # ids from the saved split: exact strings
         train = datasets.load_saved(plan.train_path(fold, seed))
-        store = FactorStore(run / "influence")
+        store = FactorStore(run / "factors")
         if len(scores) != len(train.y) or not np.array_equal(scores["row"].to_numpy(), np.arange(len(train.y))) \
                 or not np.array_equal(scores["observed_label"].to_numpy(), train.y):
             raise RuntimeError(f"{run / 'scores.csv'} does not match its training split {plan.train_path(fold, seed)}")
@@ -378,7 +381,7 @@ def harmed_rows(plan: Plan, config: Mapping[str, Any], per_row: pd.DataFrame, id
     parts = []
     for (seed, fold), rows in wanted.groupby(["seed", "fold"]):
         run = plan.run_dir(int(fold), int(seed))
-        engine = TracInEngine(FactorStore(run / "influence"))
+        engine = TracInEngine(FactorStore(run / "factors"))
         val = datasets.load_saved(plan.split_path(int(fold), cfg.split_seed(config, int(seed)), "val"))
         for row_id, row in zip(rows["id"], rows["row"]):
             factors = engine.train_factors(int(row), int(row) + 1)

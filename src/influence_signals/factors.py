@@ -1,8 +1,10 @@
-"""The influence stage's artifact: per-checkpoint logits and penultimate features of every row.
+"""A training run's factor record: per-checkpoint logits and penultimate features of every row.
 
-A folder of float32 ``.npy`` arrays shaped (T, rows, ...) plus ``meta.json``. Everything downstream
+A folder of float32 ``.npy`` arrays shaped (T, rows, ...) plus ``meta.json`` (each checkpoint's learning
+rate and the training batch size, from which the TracIn engine derives its checkpoint weights). The train
+job writes it from the run's checkpoints while its frozen-trunk cache is in memory; everything downstream
 (TracIn blocks, signals, baselines, accuracy) is computed from it, reading rows on demand so that memory
-stays O(block) however large n x m is. Pure numpy, so jobs that only read it do not import torch.
+stays O(block) however large n x m is. Pure numpy, so readers need not import torch.
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ class FactorMeta:
     n_val: int
     n_classes: int
     dim: int
-    weights: list[float]
+    learning_rates: list[float]
+    train_batch_size: int
     epochs: list[int]
     checkpoints: list[str]
-    weighting: str
 
 
 def _npy_offset(path: Path) -> tuple[int, tuple[int, ...]]:
@@ -50,11 +52,11 @@ class FactorStore:
             self.y_val = np.load(self.folder / "y_val.npy")
             self._layout = {name: _npy_offset(self.folder / f"{name}.npy") for name in ARRAYS}
         except (FileNotFoundError, json.JSONDecodeError, TypeError, ValueError) as err:
-            raise ArtifactError(f"{self.folder} is not a complete influence-factor folder: {err}") from err
+            raise ArtifactError(f"{self.folder} is not a complete factor folder (the train job writes it): {err}") from err
 
     @property
     def n_checkpoints(self) -> int:
-        return len(self.meta.weights)
+        return len(self.meta.learning_rates)
 
     def read(self, name: str, t: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) of array ``name`` at checkpoint ``t``, read with one seek (no memory map)."""

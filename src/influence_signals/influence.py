@@ -6,9 +6,9 @@ outer product of its error vector ``e = softmax(z) - onehot(y)`` (k classes) wit
     g_i . g_j = (e_i . e_j) (h_i . h_j + 1)   and   TracIn(i -> j) = sum_t w_t (e_i,t . e_j,t)(h_i,t . h_j,t + 1)
 
 with ``w_t`` the checkpoint weight: its learning rate eta_t (Pruthi et al.), or eta_t / |B_t| (``lr_over_batch``,
-|B_t| the *training* batch size) for the study's option of a batch-mean loss. The influence stage stores logits and features per checkpoint
-(O((n + m)(k + d)) floats each), never an n x m matrix; blocks, self-influence and per-checkpoint
-influence are computed from them on demand.
+|B_t| the *training* batch size) for the study's option of a batch-mean loss. The train job records logits and features per checkpoint
+(O((n + m)(k + d)) floats each, ``factors``), never an n x m matrix; blocks, self-influence and
+per-checkpoint influence are computed from them on demand, with the weighting chosen here, at read time.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import ArtifactError, atomic_path, load_npz, save_npz
+from .artifacts import load_npz, save_npz
 from .datasets import DataSet
-from .factors import ARRAYS, FactorMeta, FactorStore
+from .factors import FactorStore
 from .networks import AdaptedModel
-from .training import forward_on, frozen_state, load_checkpoint, read_checkpoint, resolve_device
+from .training import load_checkpoint, resolve_device
 
 WEIGHTINGS = ("lr", "lr_over_batch")
 
@@ -38,70 +38,14 @@ def checkpoint_weight(learning_rate: float, weighting: str, train_batch_size: in
     raise ValueError(f"unknown checkpoint weighting {weighting!r}; known: {WEIGHTINGS}")
 
 
-@torch.no_grad()
-def logits_and_features(model: AdaptedModel, inputs: torch.Tensor, forward: Callable[..., torch.Tensor],
-                        device: torch.device, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """The model's logits and the head's input (penultimate features) for every row, in eval mode."""
-    model.eval()
-    captured: list[torch.Tensor] = []
-    hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
-    logits = []
-    try:
-        for start in range(0, len(inputs), batch_size):
-            logits.append(forward(inputs[start : start + batch_size].to(device)).float().cpu())
-    finally:
-        hook.remove()
-    features = torch.cat([c.float().cpu().reshape(c.shape[0], -1) for c in captured])
-    return torch.cat(logits).numpy(), features.numpy()
-
-
-def compute_factors(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet, out_dir: str | Path,
-                    weighting: str = "lr", train_batch_size: int = 128, device: str = "cpu") -> FactorMeta:
-    """Write the per-checkpoint TracIn factors of ``train`` and ``val`` into the folder ``out_dir``.
-
-    Where the model's trunk is frozen (fine-tuning), its output is computed once for all checkpoints.
-    """
-    if not checkpoints:
-        raise ArtifactError("no checkpoints to compute influence from")
-    dev = resolve_device(device)
-    model.to(dev)
-    weights, epochs, arrays = [], [], {}
-    cached: dict[str, tuple[torch.Tensor, Callable[..., torch.Tensor]]] = {}
-    trunk: list[torch.Tensor] = []
-    with atomic_path(out_dir, directory=True) as tmp:
-        for t, path in enumerate(checkpoints):
-            payload = read_checkpoint(model, path)
-            model.to(dev)
-            weights.append(checkpoint_weight(float(payload["learning_rate"]), weighting, train_batch_size))
-            epochs.append(int(payload["epoch"]))
-            state = frozen_state(model)
-            if not cached or len(state) != len(trunk) or not all(torch.equal(a, b) for a, b in zip(state, trunk)):
-                cached = {split: forward_on(model, torch.from_numpy(data.x), dev) for split, data in (("train", train), ("val", val))}
-                trunk = [t.clone() for t in state]
-            parts = (*logits_and_features(model, *cached["train"], dev), *logits_and_features(model, *cached["val"], dev))
-            for name, part in zip(ARRAYS, parts):
-                if name not in arrays:
-                    arrays[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32,
-                                                             shape=(len(checkpoints), *part.shape))
-                arrays[name][t] = part
-        for array in arrays.values():
-            array.flush()
-        np.save(tmp / "y_train.npy", train.y)
-        np.save(tmp / "y_val.npy", val.y)
-        meta = FactorMeta(len(train.y), len(val.y), train.n_classes, arrays["train_features"].shape[-1],
-                          weights, epochs, [Path(p).name for p in checkpoints], weighting)
-        (tmp / "meta.json").write_text(json.dumps(meta.__dict__, indent=2))
-        del arrays
-    return meta
-
-
 class TracInEngine:
     """Blockwise TracIn from a ``FactorStore``: validation factors stay resident, training rows stream."""
 
-    def __init__(self, store: FactorStore, device: str = "cpu") -> None:
+    def __init__(self, store: FactorStore, device: str = "cpu", weighting: str = "lr") -> None:
         self.store, self.device = store, resolve_device(device)
         self.checkpoints, self.train_labels = list(range(store.n_checkpoints)), store.y_train  # the store's, in order
-        self.weights = torch.tensor(store.meta.weights, dtype=torch.float32, device=self.device)
+        weights = [checkpoint_weight(rate, weighting, store.meta.train_batch_size) for rate in store.meta.learning_rates]
+        self.weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.val_errors, self.val_features = self._factors("val", store.y_val, 0, store.meta.n_val)
 
     @property
@@ -253,10 +197,12 @@ class TracInEngine:
 class DenseInfluence:
     """Per-checkpoint influence held as dense arrays (Captum's output), behind the engine's interface."""
 
-    def __init__(self, per_checkpoint: np.ndarray, self_influence: np.ndarray, device: str = "cpu") -> None:
+    def __init__(self, per_checkpoint: np.ndarray, self_influence: np.ndarray, weights: np.ndarray,
+                 device: str = "cpu") -> None:
         self.device = resolve_device(device)
         self.per_checkpoint = torch.from_numpy(per_checkpoint).float().to(self.device)
         self._self = torch.from_numpy(self_influence).float().to(self.device)
+        self.weights = torch.from_numpy(weights).float().to(self.device)  # the w_t the matrices were computed with
         self.n_checkpoints, self.n_train, self.n_val = self.per_checkpoint.shape
 
     def blocks(self, row_block: int = 1024, col_block: int = 1024) -> Iterator[tuple[slice, slice, torch.Tensor]]:
@@ -331,28 +277,35 @@ def captum_influence(model: AdaptedModel, checkpoints: Sequence[Path], train: Da
 BACKENDS = ("factors", "captum")
 
 
-def compute(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet, out_dir: str | Path,
-            backend: str = "factors", weighting: str = "lr", train_batch_size: int = 128, device: str = "cpu") -> None:
-    """The influence stage: factors always (signals and baselines read them), Captum's matrices if asked."""
+def write_dense(path: str | Path, backend: str, factors: str | Path, weighting: str = "lr", device: str = "cpu",
+                model: AdaptedModel | None = None, checkpoints: Sequence[Path] = (), train: DataSet | None = None,
+                val: DataSet | None = None) -> None:
+    """The dense per-checkpoint matrices (T, n, m) and self-influence (T, n): Captum's, or the engine's.
+
+    Captum's are the reference the signals can be computed from (``influence.backend: captum``); the
+    engine's are for users who want the matrix itself (``influence.write_matrix``).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown influence backend {backend!r}; known: {BACKENDS}")
-    compute_factors(model, checkpoints, train, val, out_dir, weighting, train_batch_size, device)
+    store = FactorStore(factors)
+    engine = TracInEngine(store, device, weighting)
     if backend == "captum":
-        per_checkpoint, self_influence = captum_influence(model, checkpoints, train, val, weighting, train_batch_size)
-        save_npz(Path(out_dir) / "captum.npz", per_checkpoint=per_checkpoint, self_influence=self_influence)
+        if model is None or train is None or val is None:
+            raise ValueError("the captum backend needs the model, its checkpoints and both splits")
+        per_checkpoint, self_influence = captum_influence(model, checkpoints, train, val, weighting,
+                                                          store.meta.train_batch_size)
+    else:
+        per_checkpoint, self_influence = engine.matrix(per_checkpoint=True).cpu().numpy(), engine.self_influence().cpu().numpy()
+    save_npz(path, per_checkpoint=per_checkpoint, self_influence=self_influence, weights=engine.weights.cpu().numpy())
 
 
-def open_influence(folder: str | Path, device: str = "cpu") -> TracInEngine | DenseInfluence:
-    """The influence of a finished influence stage: Captum's dense matrices where present, else the engine."""
-    dense = Path(folder) / "captum.npz"
-    if dense.exists():
+def open_influence(factors: str | Path, device: str = "cpu", weighting: str = "lr",
+                   dense: str | Path | None = None) -> TracInEngine | DenseInfluence:
+    """The engine on a run's factors, or the dense matrices of ``write_dense`` where given."""
+    if dense is not None:
         arrays = load_npz(dense)
-        return DenseInfluence(arrays["per_checkpoint"], arrays["self_influence"], device)
-    return TracInEngine(FactorStore(folder), device)
-
-
-def write_matrix(path: str | Path, engine: TracInEngine) -> None:
-    save_npz(path, influence=engine.matrix().cpu().numpy(), self_influence=engine.self_influence().sum(0).cpu().numpy())
+        return DenseInfluence(arrays["per_checkpoint"], arrays["self_influence"], arrays["weights"], device)
+    return TracInEngine(FactorStore(factors), device, weighting)
 
 
 class Relabelled(TracInEngine):
@@ -362,7 +315,9 @@ class Relabelled(TracInEngine):
     last checkpoint with other train labels: one checkpoint's pass, through the engine's own tiles.
     """
 
-    def __init__(self, engine: TracInEngine, labels: np.ndarray) -> None:  # the engine's factors, not re-read from the store
-        self.store, self.device = engine.store, engine.device
-        self.checkpoints, self.train_labels, self.weights = engine.checkpoints[-1:], labels, engine.weights[-1:]
+    def __init__(self, engine: TracInEngine, labels: np.ndarray, weights: torch.Tensor | None = None) -> None:
+        """``weights``: the checkpoint weights of the influence relabelled (Captum's matrices'), else the engine's."""
+        self.store, self.device = engine.store, engine.device  # the engine's factors, not re-read from the store
+        self.checkpoints, self.train_labels = engine.checkpoints[-1:], labels
+        self.weights = (engine.weights if weights is None else weights.to(engine.device))[-1:]
         self.val_errors, self.val_features = engine.val_errors[-1:], engine.val_features[-1:]

@@ -46,6 +46,9 @@ class InfluenceSource(Protocol):
     @property
     def n_val(self) -> int: ...
 
+    @property
+    def weights(self) -> Any: ...
+
     def blocks(self, row_block: int, col_block: int) -> Any: ...
 
     def class_sums(self, y_val: np.ndarray, n_classes: int) -> torch.Tensor: ...
@@ -125,7 +128,7 @@ class SignalInputs:
     @property
     def unweighted_self_influence(self) -> np.ndarray:
         """(T, n) with w_t divided out, so trajectories are comparable across learning rates."""
-        return self.self_influence / np.asarray(self.store.meta.weights, dtype=np.float64)[:, None]
+        return self.self_influence / self.source.weights.cpu().numpy().astype(np.float64)[:, None]
 
     @cached_property
     def features(self) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +146,8 @@ class SignalInputs:
         from .influence import Relabelled, TracInEngine, class_masses
 
         engine = self.source if isinstance(self.source, TracInEngine) else TracInEngine(self.store)
-        pos, neg, _, _ = class_masses(Relabelled(engine, labels), self.y_val, self.n_classes, self.row_block, self.col_block)
+        relabelled = Relabelled(engine, labels, self.source.weights)
+        pos, neg, _, _ = class_masses(relabelled, self.y_val, self.n_classes, self.row_block, self.col_block)
         return pos.cpu().numpy().astype(np.float64), neg.cpu().numpy().astype(np.float64)
 
     @cached_property

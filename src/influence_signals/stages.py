@@ -93,44 +93,48 @@ def _load_pretrained(net: AdaptedModel, model: str, pretrained: str | None, path
 
 
 def train(train_set: str, val_set: str, model: str, settings: Mapping[str, Any], seed: int, download: bool,
-          checkpoints: str, history: str, pretrained: str | None = None) -> None:
-    """Train (or fine-tune) one model, one checkpoint per epoch; also the pretrain stage (no ``pretrained``)."""
+          checkpoints: str, history: str, pretrained: str | None = None, factors: str | None = None) -> None:
+    """Train (or fine-tune) one model, one checkpoint per epoch, and record its TracIn factors (``factors``);
+    also the pretrain stage (no ``pretrained``, no factors)."""
     from . import training
 
     train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
     net = _build(model, train_data, settings, seed)
     _load_pretrained(net, model, settings.get("pretrained"), pretrained, download)
-    table = training.train(net, train_data, val_data, _train_settings(settings, seed), checkpoints)
+    table = training.train(net, train_data, val_data, _train_settings(settings, seed), checkpoints, factors)
     write_csv(history, table)
 
 
-def compute_influence(train_set: str, val_set: str, checkpoints: str, model: str, settings: Mapping[str, Any],
-                      seed: int, backend: str, weighting: str, device: str, write_matrix: bool, factors: str) -> None:
-    """TracIn factors (and Captum's matrices, or the full matrix, if asked) from a run's verified checkpoints."""
+def dense_influence(factors: str, train_set: str, val_set: str, checkpoints: str, model: str, settings: Mapping[str, Any],
+                    seed: int, backend: str, weighting: str, device: str, dense: str) -> None:
+    """The dense per-checkpoint matrices of a run: Captum's TracInCP (``backend: captum``, from the verified
+    checkpoints) or the engine's (``write_matrix``)."""
     from . import checkpoints as checkpoint_folder
     from . import influence, models
 
+    if backend != "captum":
+        influence.write_dense(dense, backend, factors, weighting, device)
+        return
     train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
     net = _build(model, train_data, settings, seed)
-    models.set_trainable(net, settings.get("trainable"))  # a frozen trunk's output is computed once
-    paths = checkpoint_folder.verified_checkpoints(checkpoints)
-    influence.compute(net, paths, train_data, val_data, factors, backend, weighting, settings["batch_size"], device)
-    if write_matrix:
-        influence.write_matrix(Path(factors) / "matrix.npz", influence.TracInEngine(FactorStore(factors), device))
+    models.set_trainable(net, settings.get("trainable"))
+    influence.write_dense(dense, backend, factors, weighting, device, net,
+                          checkpoint_folder.verified_checkpoints(checkpoints), train_data, val_data)
 
 
 def compute_signals(factors: str, train_set: str, val_set: str, seed: int, row_block: int, col_block: int,
                     k_neighbours: int, use_baselines: bool, names: Sequence[str] | None, device: str, scores: str,
-                    per_epoch: str, detections: str) -> None:
+                    per_epoch: str, detections: str, weighting: str = "lr", dense: str | None = None) -> None:
     """Every selected signal per training row (each input computed once) with the row's id and label, and the
-    detector's verdict on every row (suspicion, glitch type, suggested label, confidence)."""
+    detector's verdict on every row (suspicion, glitch type, suggested label, confidence). Influence comes
+    from the engine on the run's factors, or from the ``dense`` matrices (Captum's) where given."""
     from . import influence
 
     store = FactorStore(factors)
     chosen = [s.name for s in signals.SIGNALS if (names is None or s.name in names)
               and (use_baselines or s.kind != "baseline")]
     train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
-    inputs = signals.SignalInputs(influence.open_influence(factors, device), store, row_block, col_block, k_neighbours,
+    inputs = signals.SignalInputs(influence.open_influence(factors, device, weighting, dense), store, row_block, col_block, k_neighbours,
                                   seed, (train_data.x, val_data.x))
     table, per_checkpoint, stepwise = signals.compute(inputs, chosen)
     table.insert(1, "id", train_data.ids)
@@ -173,10 +177,11 @@ def evaluate(scores: str, errors: str, per_epoch: str, detections: str, factors:
 
 def score(factors: str, train_set: str, val_set: str, errors: str, seed: int, row_block: int, col_block: int,
           k_neighbours: int, use_baselines: bool, names: Sequence[str] | None, device: str, scores: str, per_epoch: str,
-          detections: str, metrics_out: str, epoch_metrics: str, accuracy: str, curves: str) -> None:
+          detections: str, metrics_out: str, epoch_metrics: str, accuracy: str, curves: str, weighting: str = "lr",
+          dense: str | None = None) -> None:
     """Signals and their evaluation in one process (the pipeline's ``signals`` job): one start-up, not two."""
     compute_signals(factors, train_set, val_set, seed, row_block, col_block, k_neighbours, use_baselines, names,
-                    device, scores, per_epoch, detections)
+                    device, scores, per_epoch, detections, weighting, dense)
     evaluate(scores, errors, per_epoch, detections, factors, val_set, metrics_out, epoch_metrics, accuracy, curves)
 
 

@@ -4,9 +4,12 @@ Checkpoints are dicts ``{"model_state_dict", "learning_rate", "epoch", "step"}``
 force is what TracIn weights each checkpoint by, and Captum's loaders read the same keys. Shuffling and
 dropout are seeded per epoch, so a run resumed from its last checkpoint ends bit-identical to one that
 never stopped. Runs write into a locked ``.partial`` folder renamed when finished (see ``checkpoints``).
+A finished run also records every checkpoint's logits and head inputs (the TracIn factors, ``factors``)
+while its frozen-trunk cache is still in memory: no second process re-reads the data and the trunk.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -26,6 +29,7 @@ from .artifacts import ArtifactError, atomic_path
 from .checkpoints import (MANIFEST, checkpoint_name, checkpoint_paths, epoch_checkpoints, epoch_of, exclusive,
                           gap_free_prefix, verified_checkpoints, write_manifest)
 from .datasets import DataSet
+from .factors import ARRAYS, FactorMeta
 from .models import set_trainable
 from .networks import AdaptedModel
 
@@ -197,10 +201,12 @@ def _take_over(folder: Path, partial: Path) -> None:
 
 
 def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: TrainSettings,
-          checkpoint_dir: str | Path) -> pd.DataFrame:
+          checkpoint_dir: str | Path, factors_dir: str | Path | None = None) -> pd.DataFrame:
     """Train ``model`` with SGD into ``checkpoint_dir``; resume from the last complete epoch of an earlier run.
 
-    Returns the per-epoch history (loss and accuracy on train and validation, seconds).
+    With ``factors_dir``, also record every checkpoint's factors there (``record_factors``), reusing the
+    frozen trunk's output computed for training. Returns the per-epoch history (loss and accuracy on train
+    and validation, seconds).
     """
     folder = Path(checkpoint_dir)
     partial = folder.with_name(folder.name + ".partial")
@@ -250,10 +256,75 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
             log.info("epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f | %.2fs", epoch, settings.epochs,
                      row["train_loss"], row["train_accuracy"], val_loss, val_acc, row["seconds"])
         write_manifest(partial, settings.epochs)
+        if factors_dir is not None:
+            record_factors(model, epoch_checkpoints(partial), train_set, val_set, factors_dir, settings.batch_size,
+                           device, {"train": (x, forward), "val": (val_x, forward)})
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(partial, folder)
     return history(folder)
+
+
+@torch.no_grad()
+def logits_and_features(model: AdaptedModel, inputs: torch.Tensor, forward: Callable[..., torch.Tensor],
+                        device: torch.device, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The model's logits and the head's input (penultimate features) for every row, in eval mode."""
+    model.eval()
+    captured: list[torch.Tensor] = []
+    hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    logits = []
+    try:
+        for start in range(0, len(inputs), batch_size):
+            logits.append(forward(inputs[start : start + batch_size].to(device)).float().cpu())
+    finally:
+        hook.remove()
+    features = torch.cat([c.float().cpu().reshape(c.shape[0], -1) for c in captured])
+    return torch.cat(logits).numpy(), features.numpy()
+
+
+Cache = dict[str, tuple[torch.Tensor, Callable[..., torch.Tensor]]]
+
+
+def record_factors(model: AdaptedModel, checkpoints: Sequence[Path], train: DataSet, val: DataSet, out_dir: str | Path,
+                   train_batch_size: int, device: str | torch.device = "cpu", cached: Cache | None = None) -> FactorMeta:
+    """Write the per-checkpoint TracIn factors of ``train`` and ``val`` into the folder ``out_dir``.
+
+    ``cached`` holds, per split, the rows to feed and the function to feed them to (``forward_on``) for the
+    model's current frozen trunk; it is recomputed whenever a checkpoint's frozen state differs, so any
+    checkpoints of the network may be recorded (``stages.record``).
+    """
+    if not checkpoints:
+        raise ArtifactError("no checkpoints to record factors from")
+    dev = resolve_device(str(device))
+    model.to(dev)
+    trunk = [t.clone() for t in frozen_state(model)] if cached else []
+    cached = dict(cached or {})
+    rates, epochs, arrays = [], [], {}
+    with atomic_path(out_dir, directory=True) as tmp:
+        for t, path in enumerate(checkpoints):
+            payload = read_checkpoint(model, path)
+            model.to(dev)
+            rates.append(float(payload["learning_rate"]))
+            epochs.append(int(payload["epoch"]))
+            state = frozen_state(model)
+            if not cached or len(state) != len(trunk) or not all(torch.equal(a, b) for a, b in zip(state, trunk)):
+                cached = {split: forward_on(model, torch.from_numpy(data.x), dev) for split, data in (("train", train), ("val", val))}
+                trunk = [t.clone() for t in state]
+            parts = (*logits_and_features(model, *cached["train"], dev), *logits_and_features(model, *cached["val"], dev))
+            for name, part in zip(ARRAYS, parts):
+                if name not in arrays:
+                    arrays[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.float32,
+                                                             shape=(len(checkpoints), *part.shape))
+                arrays[name][t] = part
+        for array in arrays.values():
+            array.flush()
+        np.save(tmp / "y_train.npy", train.y)
+        np.save(tmp / "y_val.npy", val.y)
+        meta = FactorMeta(len(train.y), len(val.y), train.n_classes, arrays["train_features"].shape[-1],
+                          rates, train_batch_size, epochs, [Path(p).name for p in checkpoints])
+        (tmp / "meta.json").write_text(json.dumps(meta.__dict__, indent=2))
+        del arrays
+    return meta
 
 
 def history(checkpoint_dir: str | Path) -> pd.DataFrame:

@@ -3,10 +3,7 @@
 
 rule signals:
     input:
-        factors="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence",
-        train_set="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/train.npz",
-        val_set=lambda w: data_path(w.dataset, w.seed, "val"),
-        errors="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/errors.csv",
+        unpack(signals_inputs),
     output:
         scores="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/scores.csv",
         per_epoch="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/per_epoch.npz",
@@ -22,6 +19,7 @@ rule signals:
         k_neighbours=config["signals"]["k_neighbours"],
         use_baselines=config["signals"]["baselines"],
         names=config["signals"]["names"],
+        weighting=config["influence"]["weighting"],
         device=config["device"],
         code=stage_fingerprint("score"),
     log:

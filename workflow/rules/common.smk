@@ -84,6 +84,16 @@ def train_inputs(wildcards):
     return inputs
 
 
+def signals_inputs(wildcards):
+    run = RUN.format(**wildcards)
+    data = f"results/data/{wildcards.dataset}/{wildcards.glitch}/r{wildcards.ratio}/s{wildcards.seed}"
+    inputs = {"factors": f"{run}/factors", "train_set": f"{data}/train.npz", "errors": f"{data}/errors.csv",
+              "val_set": data_path(wildcards.dataset, wildcards.seed, "val")}
+    if config["influence"]["backend"] == "captum":  # the signals from Captum's matrices, the reference
+        inputs["dense"] = f"{run}/dense_influence.npz"
+    return inputs
+
+
 def figure_spec(wildcards):
     return config["figures"][wildcards.figure]
 

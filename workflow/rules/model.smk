@@ -1,4 +1,4 @@
-# Model stages: pre-training of image backbones, training / fine-tuning, TracIn factors.
+# Model stages: pre-training of image backbones, training / fine-tuning with its TracIn factors, dense matrices.
 
 
 rule pretrain:
@@ -31,6 +31,7 @@ rule train:
     output:
         checkpoints=directory("results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/checkpoints"),
         history="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/history.csv",
+        factors=directory("results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/factors"),
     params:
         model=lambda w: w.model,
         settings=lambda w: cfg.train_settings(config, w.dataset, w.model),
@@ -48,13 +49,14 @@ rule train:
         "../scripts/train.py"
 
 
-rule influence:
+rule dense_influence:
     input:
+        factors="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/factors",
         train_set="results/data/{dataset}/{glitch}/r{ratio}/s{seed}/train.npz",
         val_set=lambda w: data_path(w.dataset, w.seed, "val"),
         checkpoints="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/checkpoints",
     output:
-        factors=directory("results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/influence"),
+        dense="results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}/dense_influence.npz",
     params:
         model=lambda w: w.model,
         settings=lambda w: cfg.train_settings(config, w.dataset, w.model),
@@ -62,14 +64,13 @@ rule influence:
         backend=config["influence"]["backend"],
         weighting=config["influence"]["weighting"],
         device=config["device"],
-        write_matrix=config["influence"]["write_matrix"],
-        code=stage_fingerprint("compute_influence"),
+        code=stage_fingerprint("dense_influence"),
     log:
-        "results/logs/influence/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
+        "results/logs/dense_influence/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
     benchmark:
-        "results/benchmarks/influence/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
+        "results/benchmarks/dense_influence/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
     threads: threads_for("influence")
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/influence.py"
+        "../scripts/dense_influence.py"
