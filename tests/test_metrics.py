@@ -33,6 +33,21 @@ def test_average_precision_by_hand():
     assert result["auroc"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_ap_and_auroc_equal_scikit_learns_with_ties_nan_and_infinities(seed):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    scores = rng.integers(0, 12 if seed % 2 else 1000, n).astype(float)  # many ties, or few
+    scores[rng.choice(n, 10, replace=False)] = [np.nan] * 4 + [np.inf] * 3 + [-np.inf] * 3
+    glitched = rng.random(n) < 0.15
+    finite = np.finfo(np.float64)
+    clean = np.nan_to_num(np.where(np.isnan(scores), -np.inf, scores), neginf=finite.min, posinf=finite.max)
+    assert metrics.average_precision(scores, glitched) == pytest.approx(average_precision_score(glitched, clean), abs=1e-12)
+    assert metrics.auroc(scores, glitched) == pytest.approx(roc_auc_score(glitched, clean), abs=1e-12)
+
+
 def test_nan_scores_rank_last():
     result = metrics.detection(np.array([np.nan, 1.0, 0.0]), np.array([False, True, False]))
     assert result["f1"] == 1.0

@@ -31,6 +31,8 @@ def test_the_script_rewrites_only_its_section(tmp_path):
     pd.DataFrame([{"dataset": "d", "model": "mlp", "glitch": "uniform", "ratio": 10, "accuracy_validation_mean": 0.9,
                    "accuracy_validation_std": 0.01}]).to_csv(results / "accuracy_summary.csv", index=False)
     (results / "benchmarks" / "train" / "a.tsv").write_text("s\th:m:s\n1.5\t0:00:01\n")
+    (tmp_path / ".snakemake" / "log").mkdir(parents=True)
+    (tmp_path / ".snakemake" / "log" / "2026-01-01T000000.snakemake.log").write_text("Finished.\nElapsed time: 0:04:23.51\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\n{report.START}\nstale-section\n{report.END}\n\ntail\n")
     report.main(["readme", "--results", str(results), "--docs", str(tmp_path / "docs"), "--readme", str(readme)])
@@ -38,3 +40,4 @@ def test_the_script_rewrites_only_its_section(tmp_path):
     assert text.startswith("# Title\n\n") and text.endswith("\n\ntail\n") and "stale-section" not in text
     assert "| Self-Influence | 0.80 | 0.80 |" in text and "| kNN distance | **0.90** | **0.90** |" in text
     assert "SI best of the study's four signals: holds" in text and "train 2 s (1 jobs)" in text
+    assert "Wall time of the run (Snakemake's log of its last invocation): 4 min 24 s." in text

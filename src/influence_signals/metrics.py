@@ -20,23 +20,51 @@ def ranking(scores: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), -clean))
 
 
+def f1_at_k(scores: np.ndarray, glitched: np.ndarray) -> float:
+    """F1 when the top k = number of glitches rows are flagged (= precision = recall at k); NaN without k."""
+    glitched = np.asarray(glitched, dtype=bool)
+    k = int(glitched.sum())
+    if k == 0 or k == len(glitched):
+        return np.nan
+    return float(glitched[ranking(scores)[:k]].sum()) / k
+
+
+def _descending_runs(scores: np.ndarray, glitched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative true and false positives at each distinct score, from the highest down (NaN lowest)."""
+    finite = np.finfo(np.float64)
+    clean = np.nan_to_num(np.where(np.isnan(scores), -np.inf, scores), neginf=finite.min, posinf=finite.max)
+    order = np.argsort(-clean, kind="stable")
+    values, hits = clean[order], glitched[order]
+    ends = np.r_[np.flatnonzero(np.diff(values)), len(values) - 1]  # the last row of each run of equal scores
+    true_positives = np.cumsum(hits)[ends]
+    return true_positives, ends + 1 - true_positives
+
+
+def average_precision(scores: np.ndarray, glitched: np.ndarray) -> float:
+    """sum_n (R_n - R_{n-1}) P_n over distinct thresholds, tied scores forming one step (scikit-learn's AP)."""
+    true_positives, false_positives = _descending_runs(scores, glitched)
+    recall = true_positives / true_positives[-1]
+    precision = true_positives / (true_positives + false_positives)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def auroc(scores: np.ndarray, glitched: np.ndarray) -> float:
+    """Area under the ROC curve with ties as half (trapezoids between distinct thresholds; scikit-learn's)."""
+    true_positives, false_positives = _descending_runs(scores, glitched)
+    tpr = np.r_[0.0, true_positives / true_positives[-1]]
+    fpr = np.r_[0.0, false_positives / false_positives[-1]]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
 def detection(scores: np.ndarray, glitched: np.ndarray) -> dict[str, float]:
     """F1 / precision / recall at k = number of glitches, average precision and AUROC."""
     glitched = np.asarray(glitched, dtype=bool)
     k = int(glitched.sum())
     if k == 0 or k == len(glitched):
         return {"k": k, "f1": np.nan, "precision_at_k": np.nan, "recall_at_k": np.nan, "ap": np.nan, "auroc": np.nan}
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    flagged = np.zeros(len(scores), dtype=bool)
-    flagged[ranking(scores)[:k]] = True
-    hits = int((flagged & glitched).sum())
-    precision = recall = hits / k
-    finite = np.finfo(np.float64)
-    clean = np.nan_to_num(np.where(np.isnan(scores), -np.inf, scores), neginf=finite.min, posinf=finite.max)
-    return {"k": k, "f1": 2 * precision * recall / (precision + recall) if hits else 0.0,
-            "precision_at_k": precision, "recall_at_k": recall,
-            "ap": float(average_precision_score(glitched, clean)), "auroc": float(roc_auc_score(glitched, clean))}
+    f1 = f1_at_k(scores, glitched)
+    return {"k": k, "f1": f1, "precision_at_k": f1, "recall_at_k": f1,
+            "ap": average_precision(scores, glitched), "auroc": auroc(scores, glitched)}
 
 
 def found_vs_inspected(scores: np.ndarray, glitched: np.ndarray,
@@ -122,7 +150,7 @@ def curves(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
 
 def per_epoch_f1(per_epoch: np.ndarray, names: Sequence[str], glitched: np.ndarray, epochs: Sequence[int]) -> pd.DataFrame:
     """F1 at k of each signal computed from a single checkpoint's influence; ``per_epoch`` is (T, n, S)."""
-    rows = [{"epoch": epochs[t], "signal": name, "f1": detection(per_epoch[t, :, s].astype(np.float64), glitched)["f1"]}
+    rows = [{"epoch": epochs[t], "signal": name, "f1": f1_at_k(per_epoch[t, :, s].astype(np.float64), glitched)}
             for t in range(per_epoch.shape[0]) for s, name in enumerate(names)]
     return pd.DataFrame(rows)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,6 +122,22 @@ def timing_lines(times: pd.DataFrame) -> str:
     return "CPU-side wall seconds per stage, summed over jobs (Snakemake `benchmark:` files): " + ", ".join(cells) + "."
 
 
+def wall_seconds(results: Path) -> float | None:
+    """The elapsed time Snakemake logged for its newest invocation in the folder holding ``results``."""
+    logs = sorted((results.resolve().parent / ".snakemake" / "log").glob("*.snakemake.log"))
+    for log in reversed(logs):
+        match = re.search(r"^Elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)$", log.read_text(), flags=re.MULTILINE)
+        if match:
+            hours, minutes, seconds = match.groups()
+            return 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+    return None
+
+
+def wall_line(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"Wall time of the run (Snakemake's log of its last invocation): {minutes} min {rest} s."
+
+
 def render(shown: Path, folder: Path | None = None, section: str = "results") -> str:
     """The results section from the summaries in ``folder`` (default ``shown``, the path the README names)."""
     folder = folder or shown
@@ -139,6 +156,8 @@ def render(shown: Path, folder: Path | None = None, section: str = "results") ->
         parts += ["The detector (`detector.py`) against the best single signal of the table above and cleanlab "
                   "(mixtures: each type scored on its own rows):", "", detector_table(by_target), ""]
     parts += [accuracy_lines(accuracy), ""]
+    if (folder / "wall_seconds.txt").exists():
+        parts += [wall_line(float((folder / "wall_seconds.txt").read_text())), ""]
     if (folder / "stage_seconds.csv").exists():
         parts += [timing_lines(pd.read_csv(folder / "stage_seconds.csv")), ""]
     return "\n".join(parts + [end])
@@ -159,6 +178,10 @@ def collect(results: Path, docs: Path) -> None:
     for name in ("summary.csv", "accuracy_summary.csv"):
         shutil.copyfile(results / name, docs / name)
     stage_seconds(results).to_csv(docs / "stage_seconds.csv", index=False)
+    wall = wall_seconds(results)
+    (docs / "wall_seconds.txt").unlink(missing_ok=True)  # never a stale run's time beside new summaries
+    if wall is not None:
+        write_text(docs / "wall_seconds.txt", f"{wall:.1f}\n")
     write_text(docs / "machine.txt", f"{platform.machine()}, {platform.processor() or 'CPU'}, "
                                      f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}\n")
 
