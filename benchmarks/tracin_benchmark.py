@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from influence_signals import datasets, glitches, influence, models, signals, training
+from influence_signals import kernel as tile_kernel
 from influence_signals.networks import AdaptedModel
 from influence_signals.factors import FactorStore
 
@@ -134,7 +135,9 @@ def one_size(n: int, m: int, folder: Path, device: str, row_block: int, col_bloc
     row["ours"] = row["factors"] + row["signals"]
     _, row["closed"] = timed(device, lambda: run(list(CLOSED_FORMS)))
     engine = influence.TracInEngine(store, device)
-    _, row["pass"] = timed(device, lambda: influence.class_masses(engine, store.y_val, K, row_block, col_block))
+    sums = engine.class_sums(store.y_val, K)  # the signals job has them from the closed forms: N = S - P
+    for key, kernel in (("pass", "auto"), ("pass_torch", "torch")):
+        _, row[key] = timed(device, lambda: engine.class_masses(store.y_val, K, row_block, col_block, sums, kernel))
     row["bound"] = 2 * T * n * m * (D + K - 1) / (gflops * 1e9)
     if not skip_captum:  # the same four signals both ways: their largest difference relative to their range
         row["agreement"] = max(float(np.abs(ours[s].to_numpy() - theirs[s]).max() / np.ptp(theirs[s])) for s in FOUR)
@@ -187,6 +190,7 @@ COLUMNS = (  # key, header
     ("ours", "(b) ours: total"),
     ("closed", "(c) closed forms alone"),
     ("pass", "(d) pairwise pass"),
+    ("pass_torch", "(d) pass with torch ops"),
     ("bound", "(d) GEMM bound"),
 )
 
@@ -198,19 +202,20 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"Machine: {report['machine']}; torch {torch.__version__}, {report['threads']} threads, device "
              f"{report['device']}; measured float32 matmul: {report['gflops']:.0f} GFLOP/s.",
              "",
-             f"Sizes: m = n / 4, d = {D}, k = {K}, T = {T} checkpoints; row x column tiles {report['tiles']}. "
-             "Times in seconds.",
+             f"Sizes: m = n / 4, d = {D}, k = {K}, T = {T} checkpoints; row x column tiles {report['tiles']}; "
+             f"the pass's tile kernel: {report['kernel']}. Times in seconds.",
              "",
-             "| n | m | " + " | ".join(header for _, header in keys) + " | pass / bound |"
+             "| n | m | " + " | ".join(header for _, header in keys) + " | pass / bound | torch ops / bound |"
              + (" Captum vs ours |" if "agreement" in rows[0] else ""),
-             "|" + " --- |" * (len(keys) + 3 + ("agreement" in rows[0]))]
+             "|" + " --- |" * (len(keys) + 4 + ("agreement" in rows[0]))]
     for r in rows:
-        cells = [f"{r['n']:,}", f"{r['m']:,}", *(f"{r[key]:.3g}" for key, _ in keys), f"{r['bound'] / r['pass']:.2f}"]
+        cells = [f"{r['n']:,}", f"{r['m']:,}", *(f"{r[key]:.3g}" for key, _ in keys), f"{r['bound'] / r['pass']:.2f}",
+                 f"{r['bound'] / r['pass_torch']:.2f}"]
         if "agreement" in r:
             cells.append(f"{r['agreement']:.0e}")
         lines.append("| " + " | ".join(cells) + " |")
     fitted = [f"{exponent(rows, key):.2f}" for key, _ in keys]
-    lines.append("| time ~ n^p, p = | | " + " | ".join(fitted) + " | |" + (" |" if "agreement" in rows[0] else ""))
+    lines.append("| time ~ n^p, p = | | " + " | ".join(fitted) + " | | |" + (" |" if "agreement" in rows[0] else ""))
     memory = report["memory"]
     verdict = "meets" if memory["peak_rss_mib"] <= 2048 else "misses"
     gpu = f", peak GPU memory {memory['peak_gpu_mib']:,.0f} MiB" if memory["peak_gpu_mib"] else ""
@@ -224,7 +229,10 @@ def markdown(report: dict[str, Any]) -> str:
               "of <= 2 GiB; the full pass ran, nothing was bounded.",
               "",
               "(b) every influence signal = " + ", ".join(influence_names()) + ", each also from the first "
-              "checkpoint alone. (c) = SI, MI, GD-class. (d) GEMM bound: every I_t(i, j) is needed on its own "
+              "checkpoint alone. (c) = SI, MI, GD-class. (d) the pass computes the positive class masses P, "
+              "per checkpoint and in total (N = S - P, S from the closed forms, which the signals job has "
+              "computed already): per tile and checkpoint one GEMM (the feature Gram) and the fused kernel's one "
+              "pass (`kernel.py`), or, with torch ops, a second GEMM and elementwise passes. GEMM bound: every I_t(i, j) is needed on its own "
               "(|.| and the clamp of the sum over checkpoints are not linear), and I_t = (E E^T) o (H H^T + 1): a "
               "Gram of rank d (the + 1 is an elementwise add) and one of rank k - 1 (error rows sum to zero), so "
               "2 T n m (d + k - 1) FLOPs is the least GEMM work; one Khatri-Rao GEMM would need width d(k - 1). "
@@ -274,7 +282,9 @@ def main() -> None:
                         if line.startswith("model name")), machine)
     else:
         machine = torch.cuda.get_device_name(args.device)
+    kernel = "fused C kernel" if tile_kernel.library() is not None and args.device == "cpu" else "torch ops"
     report = {"rows": rows, "memory": memory, "gflops": gflops, "device": args.device, "threads": torch.get_num_threads(),
+              "kernel": kernel,
               "machine": machine, "tiles": f"{args.row_block} x {args.col_block}"}
     body = markdown(report)
     print(body)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from influence_signals import influence
+from influence_signals import kernel as tile_kernel
 from influence_signals.factors import ARRAYS, FactorMeta, FactorStore
 
 N, M, D, K, T = 203, 97, 6, 4, 3
@@ -39,20 +43,45 @@ def assert_close(ours: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+KERNELS = ["auto", "torch"]  # the fused C kernel (where it builds) and the torch ops
+
+
+def test_the_fused_kernel_builds_here_on_torchs_openmp_runtime():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine: the pass runs with torch ops")
+    assert tile_kernel.library() is not None
+    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+    plain = {path for path in mapped if Path(path).name.startswith("libgomp.so")}  # what the kernel links
+    assert len(plain) == 1, f"the kernel loaded a second OpenMP runtime: {mapped}"  # its threads are torch's
+    # (scikit-learn's own copy, libgomp-<hash>.so, is a runtime only scikit-learn calls)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("row_block, col_block", [(1024, 1024), (N, M), (64, 32), (37, 23), (7, 5), (1, 97)])
-def test_pass_equals_dense_numpy(store, row_block, col_block):
+def test_pass_equals_dense_numpy(store, row_block, col_block, kernel):
     engine = influence.TracInEngine(store)
     expected = dense_masses(engine.matrix(per_checkpoint=True).double().numpy(), store.y_val)
-    for ours, wanted in zip(influence.class_masses(engine, store.y_val, K, row_block, col_block), expected):
+    for ours, wanted in zip(engine.class_masses(store.y_val, K, row_block, col_block, kernel=kernel), expected):
         assert_close(ours.double().numpy(), wanted)
 
 
-def test_relabelled_pass_equals_dense_numpy(store):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_the_pass_given_the_closed_form_sums_equals_the_pass_without(store, kernel):
+    engine = influence.TracInEngine(store)
+    sums = engine.class_sums(store.y_val, K)
+    given = engine.class_masses(store.y_val, K, 64, 32, sums, kernel)
+    for ours, wanted in zip(given, engine.class_masses(store.y_val, K, 64, 32, kernel=kernel)):
+        torch.testing.assert_close(ours, wanted, rtol=1e-5, atol=1e-6)
+    assert torch.equal(sums, engine.class_sums(store.y_val, K))  # the caller's sums are left as they were
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_relabelled_pass_equals_dense_numpy(store, kernel):
     """The relabelled engine (last checkpoint, other train labels) runs the same pass."""
     relabelled = influence.Relabelled(influence.TracInEngine(store), (store.y_train + 1) % K)
     assert relabelled.n_checkpoints == 1
     expected = dense_masses(relabelled.matrix(per_checkpoint=True).double().numpy(), store.y_val)
-    for ours, wanted in zip(influence.class_masses(relabelled, store.y_val, K, 50, 40), expected):
+    for ours, wanted in zip(relabelled.class_masses(store.y_val, K, 50, 40, kernel=kernel), expected):
         assert_close(ours.double().numpy(), wanted)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import kernel as tile_kernel
 from .artifacts import load_npz, save_npz
 from .datasets import DataSet
 from .factors import FactorStore
@@ -132,20 +133,25 @@ class TracInEngine:
             out[:, start:stop] = self._project(moments, *self.train_factors(start, stop))
         return out
 
-    def class_masses(self, y_val: np.ndarray, n_classes: int, row_block: int = 1024, col_block: int = 1024
+    def class_masses(self, y_val: np.ndarray, n_classes: int, row_block: int = 1024, col_block: int = 1024,
+                     class_sums: torch.Tensor | None = None, kernel: str = "auto"
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """P, N (n, C) of the summed influence and P_t, N_t (T, n, C) per checkpoint: the one pairwise pass.
 
-        Only the positive parts need the pass: N = S - P with S the closed-form class sums, computed here
-        from the same train factors. Validation rows are visited sorted by class, so that a class is a
-        contiguous run of a tile's columns. Per tile and checkpoint: the feature Gram and the error Gram (two
-        GEMMs into reused buffers), their product I_t, its running sum over checkpoints, the clamped per-class
-        run sums of I_t; the total is clamped only once summed over all checkpoints. Per checkpoint rather than
-        batched, so that a tile's buffers stay in cache between the GEMMs and the elementwise passes.
+        Only the positive parts need the pass: N = S - P with S the closed-form class sums (``class_sums``,
+        (T, n, C), when the caller has them; else computed here from the same train factors). Validation rows
+        are visited sorted by class, so that a class is a contiguous run of a tile's columns. Per tile and
+        checkpoint the feature Gram is one GEMM; the rest (the error Gram, the product I_t, its running sum
+        over checkpoints, the per-class sums of the positive parts of I_t and, at the last checkpoint, of the
+        total) is the fused C kernel's one pass over it (``kernel.py``; ``kernel="auto"`` on the CPU), or
+        torch ops (``kernel="torch"``, and on a GPU): a second GEMM and one elementwise pass per step.
         """
+        if kernel not in ("auto", "torch"):
+            raise ValueError(f"unknown kernel {kernel!r}; known: auto, torch")
+        lib = tile_kernel.library() if kernel == "auto" and self.device.type == "cpu" else None
         order = torch.from_numpy(np.argsort(y_val, kind="stable")).to(self.device)
         bounds = np.concatenate([[0], np.cumsum(np.bincount(y_val, minlength=n_classes))])
-        moments = self._class_moments(y_val, n_classes)
+        moments = self._class_moments(y_val, n_classes) if class_sums is None else None
         # per column tile: each checkpoint's GEMM operands, (d + 1, c) and (k, c), and the class runs it holds
         val_features = self.val_features[:, order].transpose(1, 2).contiguous()
         val_errors = self.val_errors[:, order].transpose(1, 2).contiguous()
@@ -154,20 +160,27 @@ class TracInEngine:
             col_stop = min(col + col_block, self.n_val)
             runs = [(c, max(lo, col) - col, min(hi, col_stop) - col)
                     for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if max(lo, col) < min(hi, col_stop)]
-            tiles.append((col_stop - col, list(zip(val_features[:, :, col:col_stop], val_errors[:, :, col:col_stop])), runs))
+            operands = [(h, e.contiguous()) for h, e in zip(val_features[:, :, col:col_stop], val_errors[:, :, col:col_stop])]
+            tiles.append((col_stop - col, operands, runs, tile_kernel.Runs(runs)))
         shape = (self.n_train, n_classes)
         pos, pos_t = torch.zeros(shape, device=self.device), torch.zeros((self.n_checkpoints, *shape), device=self.device)
-        sums_t = torch.empty_like(pos_t)
+        sums_t = torch.empty_like(pos_t) if class_sums is None else class_sums.to(self.device, torch.float32)
         buffers = torch.empty((3, row_block * col_block), device=self.device)
+        last = self.n_checkpoints - 1
         for start in range(0, self.n_train, row_block):
             stop = min(start + row_block, self.n_train)
             errors, features = self.train_factors(start, stop)
-            sums_t[:, start:stop] = self._project(moments, errors, features)
+            if moments is not None:
+                sums_t[:, start:stop] = self._project(moments, errors, features)
             rows, row_pos, row_pos_t = list(zip(features, errors)), pos[start:stop], pos_t[:, start:stop]
-            for width, operands, runs in tiles:
+            for width, operands, runs, c_runs in tiles:
                 influence, gram, total = buffers[:, : (stop - start) * width].view(3, stop - start, width)
                 for t, ((train_h, train_e), (val_h, val_e)) in enumerate(zip(rows, operands)):
                     torch.mm(train_h, val_h, out=influence)
+                    if lib is not None:
+                        tile_kernel.tile_pass(lib, influence, train_e, val_e, total, t == 0, t == last, c_runs,
+                                              row_pos_t[t], row_pos)
+                        continue
                     torch.mm(train_e, val_e, out=gram)
                     if t == 0:
                         torch.mul(influence, gram, out=total)
@@ -177,10 +190,11 @@ class TracInEngine:
                         influence.clamp_(min=0)
                     for c, lo, hi in runs:
                         row_pos_t[t, :, c] += influence[:, lo:hi].sum(1)
-                total.clamp_(min=0)
-                for c, lo, hi in runs:
-                    row_pos[:, c] += total[:, lo:hi].sum(1)
-        return pos, sums_t.sum(0).sub_(pos), pos_t, sums_t.sub_(pos_t)
+                if lib is None:
+                    total.clamp_(min=0)
+                    for c, lo, hi in runs:
+                        row_pos[:, c] += total[:, lo:hi].sum(1)
+        return pos, sums_t.sum(0).sub_(pos), pos_t, sums_t.sub(pos_t)
 
     def matrix(self, per_checkpoint: bool = False) -> torch.Tensor:
         """The full train -> validation matrix (n, m), or (T, n, m); only for sizes that fit in memory."""
@@ -219,16 +233,17 @@ class DenseInfluence:
         return self._self
 
 
-def class_masses(source: Any, y_val: np.ndarray, n_classes: int, row_block: int = 1024,
-                 col_block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def class_masses(source: Any, y_val: np.ndarray, n_classes: int, row_block: int = 1024, col_block: int = 1024,
+                 class_sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass over all tiles: positive / negative influence mass per (row, validation class).
 
     Returns P, N of the summed influence (n, C) and P_t, N_t per checkpoint (T, n, C). The engine (the
-    relabelled one included) runs its factorised pass (``TracInEngine.class_masses``); other sources
-    (Captum's dense matrices) reduce the tiles they yield.
+    relabelled one included) runs its factorised pass (``TracInEngine.class_masses``, which derives N from
+    the closed-form ``class_sums`` when given); other sources (Captum's dense matrices) reduce the tiles
+    they yield.
     """
     if isinstance(source, TracInEngine):
-        return source.class_masses(y_val, n_classes, row_block, col_block)
+        return source.class_masses(y_val, n_classes, row_block, col_block, class_sums)
     device = source.device
     onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(device), n_classes).float()
     shape = (source.n_train, n_classes)

@@ -114,10 +114,13 @@ class SignalInputs:
     @cached_property
     def class_masses(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """(P, P_t), (N, N_t): positive and negative mass per validation class, from one pairwise pass."""
+        import torch
+
         from .influence import class_masses
 
+        sums = torch.from_numpy(self.class_sums[1]).float()  # N = S - P: the pass computes only P
         pos, neg, pos_t, neg_t = (a.cpu().numpy().astype(np.float64) for a in
-                                  class_masses(self.source, self.y_val, self.n_classes, self.row_block, self.col_block))
+                                  class_masses(self.source, self.y_val, self.n_classes, self.row_block, self.col_block, sums))
         return (pos, pos_t), (neg, neg_t)
 
     @cached_property
