@@ -41,3 +41,8 @@ def test_the_script_rewrites_only_its_section(tmp_path):
     assert "| Self-Influence | 0.80 | 0.80 |" in text and "| kNN distance | **0.90** | **0.90** |" in text
     assert "SI best of the study's four signals: holds" in text and "train 2 s (1 jobs)" in text
     assert "Wall time of the run (Snakemake's log of its last invocation): 4 min 24 s." in text
+
+
+def test_readme_benchmark_section_is_the_benchmark_scripts_output():
+    readme = (ROOT / "README.md").read_text()
+    assert report.section_text(readme, "benchmark") == report.render_benchmark(ROOT / report.BENCHMARK)

@@ -102,6 +102,27 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny_table):
     assert list(history["epoch"]) == [1, 2, 3]
 
 
+def test_training_steps_are_torch_optims_plain_sgd_exactly(tiny_table):
+    """Our step is p - lr * grad; torch.optim.SGD (momentum 0) gives bit-identical weights."""
+    train, _ = tiny_table
+    x, y = torch.from_numpy(train.x[:64]), torch.from_numpy(train.y[:64])
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        nets.append(models.build("mlp", train.x.shape[1:], train.n_classes, {"n_blocks": 2, "d_block": 16, "dropout": 0.0}))
+    ours, theirs = nets
+    optimizer = torch.optim.SGD(theirs.parameters(), lr=0.07, momentum=0.0)
+    for step in range(5):
+        rows = slice(8 * step, 8 * step + 16)
+        for net in nets:
+            net.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x[rows]), y[rows]).backward()
+        training.sgd_step(list(ours.parameters()), 0.07)
+        optimizer.step()
+    for mine, reference in zip(ours.state_dict().values(), theirs.state_dict().values()):
+        assert torch.equal(mine, reference)
+
+
 def test_wrong_modality_and_unknown_model():
     with pytest.raises(ModelError, match="tabular"):
         models.build("resnet20", (8,), 3)

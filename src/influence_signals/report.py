@@ -3,7 +3,8 @@
 ``python -m influence_signals.report readme [--section real]`` copies a run's ``summary.csv``,
 ``accuracy_summary.csv`` and per-stage benchmark times into ``docs/results/`` (or ``docs/results-real/``;
 small, committed) and rewrites the README between the section's ``<!-- NAME:start -->`` and
-``<!-- NAME:end -->`` markers from those copies; a test re-renders each section and compares.
+``<!-- NAME:end -->`` markers from those copies; ``... report benchmark`` copies the benchmark's CPU run from
+``benchmarks/results.md``. A test re-renders each section and compares.
 """
 from __future__ import annotations
 
@@ -200,14 +201,38 @@ def update_readme(readme: Path, docs: Path, section: str = "results") -> None:
     write_text(readme, text.replace(old, render(docs, section=section)))
 
 
+BENCHMARK = Path("benchmarks/results.md")
+BENCHMARK_RUN = "cpu, full"  # the run of benchmarks/tracin_benchmark.py the README shows
+
+
+def render_benchmark(results_md: Path, run: str = BENCHMARK_RUN) -> str:
+    """The README's benchmark section: the run's section of the benchmark's results file, as written."""
+    text = results_md.read_text()
+    if f"\n## {run}\n" not in text:
+        raise ValueError(f"{results_md} has no section '## {run}'; run benchmarks/tracin_benchmark.py first")
+    body = text.split(f"\n## {run}\n", 1)[1].split("\n## ", 1)[0].strip()
+    start, end = markers("benchmark")
+    return "\n".join([start, "", f"From `{BENCHMARK}`, section *{run}* (written by the benchmark script):", "", body,
+                      "", end])
+
+
+def update_benchmark(readme: Path, results_md: Path = BENCHMARK) -> None:
+    text = readme.read_text()
+    write_text(readme, text.replace(section_text(text, "benchmark"), render_benchmark(results_md)))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m influence_signals.report")
-    parser.add_argument("command", choices=["readme"])
+    parser.add_argument("command", choices=["readme", "benchmark"],
+                        help="readme: a run's results section; benchmark: the benchmark section from its results file")
     parser.add_argument("--results", type=Path, default=Path("results"), help="a finished run's results folder")
     parser.add_argument("--section", choices=sorted(SECTIONS), default="results", help="which README section")
     parser.add_argument("--docs", type=Path, help="where the summaries are kept (default: the section's folder)")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)
+    if args.command == "benchmark":
+        update_benchmark(args.readme)
+        return
     docs = args.docs or SECTIONS[args.section]
     collect(args.results, docs)
     update_readme(args.readme, docs, args.section)

@@ -87,6 +87,15 @@ def read_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"corrupt or mismatched checkpoint {path}: {err}") from err
 
 
+@torch.no_grad()
+def sgd_step(parameters: Sequence[torch.Tensor], lr: float) -> None:
+    """Plain SGD, p <- p - lr * grad: ``torch.optim.SGD`` with momentum and weight decay 0, whose constructor
+    alone costs every train job a second of imports (``torch._dynamo``)."""
+    for parameter in parameters:
+        if parameter.grad is not None:
+            parameter.add_(parameter.grad, alpha=-lr)
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     yield from order.split(batch_size)
@@ -223,7 +232,7 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
             start_epoch, step = int(payload["epoch"]) + 1, int(payload["step"])
             log.info("resuming after epoch %d from %s", start_epoch - 1, done[-1])
         model.to(device)
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=settings.lr, momentum=0.0)
+        parameters = [p for p in model.parameters() if p.requires_grad]
         x, forward = forward_on(model, torch.from_numpy(train_set.x), device)
         val_x, _ = forward_on(model, torch.from_numpy(val_set.x), device)
         y, val_y = torch.from_numpy(train_set.y), torch.from_numpy(val_set.y)
@@ -237,9 +246,10 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
                 inputs, target = x[rows].to(device), y[rows].to(device)
                 logits = forward(inputs)
                 loss = F.cross_entropy(logits, target)
-                optimizer.zero_grad(set_to_none=True)
+                for parameter in parameters:
+                    parameter.grad = None
                 loss.backward()
-                optimizer.step()
+                sgd_step(parameters, settings.lr)
                 step += 1
                 running_loss += float(loss.detach()) * len(rows)
                 running_correct += int((logits.argmax(1) == target).sum())
