@@ -46,12 +46,26 @@ static inline vf positive(vf x) { vf z = {0}; return (vf)((vi)x & (x > z)); }
 static inline float lanes(vf v) { float s = 0.f; for (int l = 0; l < W; l++) s += v[l]; return s; }
 static inline float positive1(float x) { return x > 0.f ? x : 0.f; }
 
+/* One vector of columns for both rows, given their error dot products a0, a1: the product with the feature
+   Gram, the running total, and the positive parts added to acc (I of rows 0, 1; total of rows 0, 1). */
+static inline void columns(vf a0, vf a1, const float* g0, const float* g1, float* t0, float* t1, int first,
+                           int last, vf* acc)
+{
+    vf v0 = load(g0) * a0, v1 = load(g1) * a1;
+    vf u0 = first ? v0 : load(t0) + v0, u1 = first ? v1 : load(t1) + v1;
+    store(t0, u0);
+    store(t1, u1);
+    acc[0] += positive(v0);
+    acc[1] += positive(v1);
+    if (last) { acc[2] += positive(u0); acc[3] += positive(u1); }
+}
+
 /* Rows 0 and 1 of a pair over the columns [lo, hi) of one class: each column of ej is loaded once for both.
    s: the positive sums of I for both rows, then of the running total for both rows. */
 static void pair_run(int lo, int hi, int c, int k, const float* g0, const float* g1, const float* e0,
                      const float* e1, const float* ej, float* t0, float* t1, int first, int last, float* s)
 {
-    vf p0 = {0}, p1 = {0}, q0 = {0}, q1 = {0};
+    vf acc[4] = {{0}, {0}, {0}, {0}};
     int j = lo;
     for (; j + U * W <= hi; j += U * W) {  /* U independent FMA chains per row: latency hidden */
         vf a0[U], a1[U];
@@ -61,29 +75,17 @@ static void pair_run(int lo, int hi, int c, int k, const float* g0, const float*
             for (int u = 0; u < U; u++) { vf x = load(row + u * W); a0[u] += e0[a] * x; a1[u] += e1[a] * x; }
         }
         for (int u = 0; u < U; u++) {
-            int jj = j + u * W;
-            vf v0 = load(g0 + jj) * a0[u], v1 = load(g1 + jj) * a1[u];
-            vf u0 = first ? v0 : load(t0 + jj) + v0, u1 = first ? v1 : load(t1 + jj) + v1;
-            store(t0 + jj, u0);
-            store(t1 + jj, u1);
-            p0 += positive(v0);
-            p1 += positive(v1);
-            if (last) { q0 += positive(u0); q1 += positive(u1); }
+            int at = j + u * W;
+            columns(a0[u], a1[u], g0 + at, g1 + at, t0 + at, t1 + at, first, last, acc);
         }
     }
     for (; j + W <= hi; j += W) {
         vf x = load(ej + j);
         vf a0 = e0[0] * x, a1 = e1[0] * x;
         for (int a = 1; a < k; a++) { x = load(ej + (size_t)a * c + j); a0 += e0[a] * x; a1 += e1[a] * x; }
-        vf v0 = load(g0 + j) * a0, v1 = load(g1 + j) * a1;
-        vf u0 = first ? v0 : load(t0 + j) + v0, u1 = first ? v1 : load(t1 + j) + v1;
-        store(t0 + j, u0);
-        store(t1 + j, u1);
-        p0 += positive(v0);
-        p1 += positive(v1);
-        if (last) { q0 += positive(u0); q1 += positive(u1); }
+        columns(a0, a1, g0 + j, g1 + j, t0 + j, t1 + j, first, last, acc);
     }
-    s[0] = lanes(p0); s[1] = lanes(p1); s[2] = lanes(q0); s[3] = lanes(q1);
+    for (int q = 0; q < 4; q++) s[q] = lanes(acc[q]);
     for (; j < hi; j++) {
         float a0 = 0.f, a1 = 0.f;
         for (int a = 0; a < k; a++) { float x = ej[(size_t)a * c + j]; a0 += e0[a] * x; a1 += e1[a] * x; }
