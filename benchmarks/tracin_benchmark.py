@@ -36,7 +36,7 @@ import torch
 
 from influence_signals import datasets, glitches, influence, models, signals, training
 from influence_signals import kernel as tile_kernel
-from influence_signals import report
+from influence_signals import report as readme_report
 from influence_signals.networks import AdaptedModel
 from influence_signals.factors import FactorStore
 
@@ -298,8 +298,8 @@ def main() -> None:
     print(body)
     title = f"{args.device}, {'quick' if args.quick else 'full'}"
     write_results(title, body)
-    if title == report.BENCHMARK_RUN:
-        report.update_benchmark(Path(__file__).resolve().parents[1] / "README.md", RESULTS)
+    if title == readme_report.BENCHMARK_RUN:
+        readme_report.update_benchmark(Path(__file__).resolve().parents[1] / "README.md", RESULTS)
 
 
 if __name__ == "__main__":
