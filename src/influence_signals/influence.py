@@ -144,68 +144,81 @@ class TracInEngine:
             self._closed = key, si, sums
         return self._closed[1], self._closed[2]
 
-    def class_masses(self, y_val: np.ndarray, n_classes: int, row_block: int = 1024, col_block: int = 1024,
+    def class_masses(self, y_val: np.ndarray, n_classes: int, row_block: int = 4096, col_block: int = 512,
                      class_sums: torch.Tensor | None = None, kernel: str = "auto"
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """P, N (n, C) of the summed influence and P_t, N_t (T, n, C) per checkpoint: the one pairwise pass.
 
         Only the positive parts need the pass: N = S - P with S the closed-form class sums (``class_sums``,
         (T, n, C), when the caller has them; else computed here from the same train factors). Validation rows
-        are visited sorted by class, so that a class is a contiguous run of a tile's columns. Per tile and
-        checkpoint the feature Gram is one GEMM; the rest (the error Gram, the product I_t, its running sum
-        over checkpoints, the per-class sums of the positive parts of I_t and, at the last checkpoint, of the
-        total) is the fused C kernel's one pass over it (``kernel.py``; ``kernel="auto"`` on the CPU), or
-        torch ops (``kernel="torch"``, and on a GPU): a second GEMM and one elementwise pass per step.
+        are visited sorted by class, each class a run of columns (padded with zero columns, which add nothing,
+        to the kernel's block width). On the CPU (``kernel="auto"``) the fused C kernel (``kernel.py``) does
+        the whole pass from the factors, in registers, per row block and column tile (as wide as keeps its
+        validation factors in cache); with torch ops (``kernel="torch"``, and on a GPU) each tile of
+        ``row_block`` x ``col_block`` and checkpoint is two GEMMs and elementwise passes over their outputs.
         """
         if kernel not in ("auto", "torch"):
             raise ValueError(f"unknown kernel {kernel!r}; known: auto, torch")
         lib = tile_kernel.library() if kernel == "auto" and self.device.type == "cpu" else None
-        order = torch.from_numpy(np.argsort(y_val, kind="stable")).to(self.device)
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(y_val, minlength=n_classes))])
-        moments = self._class_moments(y_val, n_classes) if class_sums is None else None
-        # per column tile: each checkpoint's GEMM operands, (d + 1, c) and (k, c), and the class runs it holds
-        val_features = self.val_features[:, order].transpose(1, 2).contiguous()
-        val_errors = self.val_errors[:, order].transpose(1, 2).contiguous()
-        tiles = []
-        for col in range(0, self.n_val, col_block):
-            col_stop = min(col + col_block, self.n_val)
+        align = tile_kernel.block_columns(lib)
+        counts = np.bincount(y_val, minlength=n_classes)
+        bounds = np.concatenate([[0], np.cumsum(-(-counts // align) * align)])  # each class's padded column run
+        slots = torch.from_numpy(np.concatenate([bounds[c] + np.arange(counts[c]) for c in range(n_classes)]))
+        order = torch.from_numpy(np.argsort(y_val, kind="stable"))
+        val_features = torch.zeros((self.n_checkpoints, self.val_features.shape[-1], int(bounds[-1])), device=self.device)
+        val_errors = torch.zeros((self.n_checkpoints, self.val_errors.shape[-1], int(bounds[-1])), device=self.device)
+        val_features[:, :, slots.to(self.device)] = self.val_features[:, order.to(self.device)].transpose(1, 2)
+        val_errors[:, :, slots.to(self.device)] = self.val_errors[:, order.to(self.device)].transpose(1, 2)
+        width = col_block if lib is None else tile_kernel.column_tile(lib, self.n_checkpoints, sum(
+            factors.shape[-1] for factors in (self.val_features, self.val_errors)))
+        tiles = []  # per column tile: the validation factors (T, d + 1, c) and (T, k, c), and the class runs
+        for col in range(0, int(bounds[-1]), width):
+            col_stop = min(col + width, int(bounds[-1]))
             runs = [(c, max(lo, col) - col, min(hi, col_stop) - col)
                     for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if max(lo, col) < min(hi, col_stop)]
-            operands = [(h, e.contiguous()) for h, e in zip(val_features[:, :, col:col_stop], val_errors[:, :, col:col_stop])]
-            tiles.append((col_stop - col, operands, runs, tile_kernel.Runs(runs)))
+            tiles.append((val_features[..., col:col_stop].contiguous(), val_errors[..., col:col_stop].contiguous(),
+                          runs, tile_kernel.Runs(runs)))
+        moments = self._class_moments(y_val, n_classes) if class_sums is None else None
         shape = (self.n_train, n_classes)
         pos, pos_t = torch.zeros(shape, device=self.device), torch.zeros((self.n_checkpoints, *shape), device=self.device)
         sums_t = torch.empty_like(pos_t) if class_sums is None else class_sums.to(self.device, torch.float32)
-        buffers = torch.empty((3, row_block * col_block), device=self.device)
-        last = self.n_checkpoints - 1
+        tile_floats = 0 if lib is not None else min(row_block, self.n_train) * width  # the torch ops' three tiles
+        buffers = torch.empty((3, tile_floats), device=self.device)
         for start in range(0, self.n_train, row_block):
             stop = min(start + row_block, self.n_train)
             errors, features = self.train_factors(start, stop)
             if moments is not None:
                 sums_t[:, start:stop] = self._project(moments, errors, features)
-            rows, row_pos, row_pos_t = list(zip(features, errors)), pos[start:stop], pos_t[:, start:stop]
-            for width, operands, runs, c_runs in tiles:
-                influence, gram, total = buffers[:, : (stop - start) * width].view(3, stop - start, width)
-                for t, ((train_h, train_e), (val_h, val_e)) in enumerate(zip(rows, operands)):
-                    torch.mm(train_h, val_h, out=influence)
-                    if lib is not None:
-                        tile_kernel.tile_pass(lib, influence, train_e, val_e, total, t == 0, t == last, c_runs,
-                                              row_pos_t[t], row_pos)
-                        continue
-                    torch.mm(train_e, val_e, out=gram)
-                    if t == 0:
-                        torch.mul(influence, gram, out=total)
-                        torch.clamp(total, min=0, out=influence)
-                    else:
-                        total.add_(influence.mul_(gram))
-                        influence.clamp_(min=0)
-                    for c, lo, hi in runs:
-                        row_pos_t[t, :, c] += influence[:, lo:hi].sum(1)
-                if lib is None:
-                    total.clamp_(min=0)
-                    for c, lo, hi in runs:
-                        row_pos[:, c] += total[:, lo:hi].sum(1)
+            for tile_features, tile_errors, runs, c_runs in tiles:
+                if lib is not None:
+                    tile_kernel.fused_pass(lib, features, errors, tile_features, tile_errors, c_runs,
+                                           pos_t[:, start:stop], pos[start:stop])
+                else:
+                    self._torch_tile(features, errors, tile_features, tile_errors, runs,
+                                     pos_t[:, start:stop], pos[start:stop], buffers)
         return pos, sums_t.sum(0).sub_(pos), pos_t, sums_t.sub(pos_t)
+
+    @staticmethod
+    def _torch_tile(features: torch.Tensor, errors: torch.Tensor, val_features: torch.Tensor, val_errors: torch.Tensor,
+                    runs: list[tuple[int, int, int]], pos_t: torch.Tensor, pos: torch.Tensor, buffers: torch.Tensor) -> None:
+        """The fused kernel's tile with torch ops: per checkpoint two GEMMs, the product, its running total.
+
+        ``buffers``: room for three b x c tiles, reused (a fresh 8 MB tile per step costs page faults)."""
+        rows, width = features.shape[1], val_features.shape[-1]
+        influence, gram, total = buffers[:, : rows * width].view(3, rows, width)
+        for t in range(features.shape[0]):
+            torch.mm(features[t], val_features[t], out=influence)
+            influence.mul_(torch.mm(errors[t], val_errors[t], out=gram))
+            if t == 0:
+                total.copy_(influence)
+            else:
+                total.add_(influence)
+            influence.clamp_(min=0)
+            for c, lo, hi in runs:
+                pos_t[t, :, c] += influence[:, lo:hi].sum(1)
+        total.clamp_(min=0)
+        for c, lo, hi in runs:
+            pos[:, c] += total[:, lo:hi].sum(1)
 
     def matrix(self, per_checkpoint: bool = False) -> torch.Tensor:
         """The full train -> validation matrix (n, m), or (T, n, m); only for sizes that fit in memory."""

@@ -1,18 +1,23 @@
-"""The pairwise pass's fused tile kernel: C compiled on first use, run on torch's own OpenMP threads.
+"""The pairwise pass's fused kernel: C compiled on first use, run on torch's own OpenMP threads.
 
-Per tile and checkpoint the pass needs I = G_h o G_e, with G_h = H_i H_j^T (rank d + 1, a GEMM at the
-machine's peak) and G_e = E_i E_j^T (rank k). Done with torch ops, G_e is a second GEMM whose b x c output
-is written and read back, then the product, the running total and the clamped class sums are one memory
-pass each. This kernel takes G_h from the GEMM and does the rest in one pass over it, in registers: the
-k-term dot product e_i . e_j, the product, the running total over checkpoints, and the per-class sums of
-the positive parts (of I_t, and of the total at the last checkpoint).
+Per checkpoint the pass needs I_t = G_h o G_e, with G_h = H_i H_j^T (rank d + 1) and G_e = E_i E_j^T
+(rank k). Done with torch ops, both are GEMMs whose b x c outputs are written to memory and read back, then
+the product, the running total over checkpoints and the clamped class sums are one memory pass each: on
+2 cores the pass is bound by memory traffic, not arithmetic. This kernel never writes an influence value:
+for a register block of R train rows x V validation columns it computes both products from the factors
+(the GEMM micro-kernel shape, R x U vectors of accumulators), multiplies them, adds them over checkpoints
+and sums the positive parts of I_t and of the total, all in registers; the validation factors of a
+column tile stay in L2 for all its row blocks. Its arithmetic is the GEMM bound's plus one row of the
+feature Gram (the bias as a feature of ones) and one of the error Gram.
 
-The C source is in this module, so that editing it changes the code fingerprint of the stages that use it.
-It is compiled with the system's C compiler into a per-user cache, keyed by the source, the flags and the
-CPU; without a compiler (or with ``INFLUENCE_SIGNALS_KERNEL=torch``) the engine runs the same pass with torch
-ops, and the tests check both against the dense definition. It links the OpenMP runtime that torch has
-loaded (``libgomp.so.1``), so its threads are torch's threads (``torch.set_num_threads``), not a second
-pool competing for the cores.
+Columns are grouped by class, each class padded with zero columns to a multiple of V (``block_columns``):
+a zero error vector gives I = 0, so padding adds nothing to a positive sum, and no block straddles two
+classes. The C source is in this module, so that editing it changes the code fingerprint of the stages that
+use it. It is compiled with the system's C compiler into a per-user cache, keyed by the source, the flags
+and the CPU (512-bit vectors where the CPU has AVX-512, else 256-bit); without a compiler (or with
+``INFLUENCE_SIGNALS_KERNEL=torch``) the engine runs the same pass with torch ops, and the tests check both
+against the dense definition. It links the OpenMP runtime that torch has loaded (``libgomp.so.1``), so its
+threads are torch's threads (``torch.set_num_threads``), not a second pool competing for the cores.
 """
 from __future__ import annotations
 
@@ -35,91 +40,87 @@ SOURCE = r"""
 #include <stddef.h>
 #include <string.h>
 
-#define W 8  /* floats per vector: AVX2 width */
-#define U 4  /* vectors per step */
+#ifdef __AVX512F__
+#define W 16  /* floats per vector */
+#else
+#define W 8
+#endif
+#define R 6  /* train rows per register block: with U, 12 accumulators (fits AVX2's 16 registers) */
+#define U 2  /* vectors of validation columns per register block */
+#define V (U * W)
+
 typedef float vf __attribute__((vector_size(4 * W)));
 typedef int vi __attribute__((vector_size(4 * W)));
 
 static inline vf load(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
-static inline void store(float* p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vf positive(vf x) { vf z = {0}; return (vf)((vi)x & (x > z)); }
 static inline float lanes(vf v) { float s = 0.f; for (int l = 0; l < W; l++) s += v[l]; return s; }
-static inline float positive1(float x) { return x > 0.f ? x : 0.f; }
 
-/* One vector of columns for both rows, given their error dot products a0, a1: the product with the feature
-   Gram, the running total, and the positive parts added to acc (I of rows 0, 1; total of rows 0, 1). */
-static inline void columns(vf a0, vf a1, const float* g0, const float* g1, float* t0, float* t1, int first,
-                           int last, vf* acc)
-{
-    vf v0 = load(g0) * a0, v1 = load(g1) * a1;
-    vf u0 = first ? v0 : load(t0) + v0, u1 = first ? v1 : load(t1) + v1;
-    store(t0, u0);
-    store(t1, u1);
-    acc[0] += positive(v0);
-    acc[1] += positive(v1);
-    if (last) { acc[2] += positive(u0); acc[3] += positive(u1); }
-}
+int block_columns(void) { return V; }
 
-/* Rows 0 and 1 of a pair over the columns [lo, hi) of one class: each column of ej is loaded once for both.
-   s: the positive sums of I for both rows, then of the running total for both rows. */
-static void pair_run(int lo, int hi, int c, int k, const float* g0, const float* g1, const float* e0,
-                     const float* e1, const float* ej, float* t0, float* t1, int first, int last, float* s)
+/* out[r][u] = sum_p rows[r][p] cols[p * ld + u * W ...]: an R x V block of a rank-depth product, in registers */
+static inline __attribute__((always_inline)) void product(int depth, const float* const rows[R], const float* cols,
+                                                         size_t ld, vf out[R][U])
 {
-    vf acc[4] = {{0}, {0}, {0}, {0}};
-    int j = lo;
-    for (; j + U * W <= hi; j += U * W) {  /* U independent FMA chains per row: latency hidden */
-        vf a0[U], a1[U];
-        for (int u = 0; u < U; u++) { vf x = load(ej + j + u * W); a0[u] = e0[0] * x; a1[u] = e1[0] * x; }
-        for (int a = 1; a < k; a++) {
-            const float* row = ej + (size_t)a * c + j;
-            for (int u = 0; u < U; u++) { vf x = load(row + u * W); a0[u] += e0[a] * x; a1[u] += e1[a] * x; }
+    for (int r = 0; r < R; r++)
+        for (int u = 0; u < U; u++) out[r][u] = (vf){0};
+    for (int p = 0; p < depth; p++) {
+        vf x[U];
+        for (int u = 0; u < U; u++) x[u] = load(cols + (size_t)p * ld + u * W);
+        for (int r = 0; r < R; r++) {
+            float s = rows[r][p];
+            for (int u = 0; u < U; u++) out[r][u] += s * x[u];
         }
-        for (int u = 0; u < U; u++) {
-            int at = j + u * W;
-            columns(a0[u], a1[u], g0 + at, g1 + at, t0 + at, t1 + at, first, last, acc);
-        }
-    }
-    for (; j + W <= hi; j += W) {
-        vf x = load(ej + j);
-        vf a0 = e0[0] * x, a1 = e1[0] * x;
-        for (int a = 1; a < k; a++) { x = load(ej + (size_t)a * c + j); a0 += e0[a] * x; a1 += e1[a] * x; }
-        columns(a0, a1, g0 + j, g1 + j, t0 + j, t1 + j, first, last, acc);
-    }
-    for (int q = 0; q < 4; q++) s[q] = lanes(acc[q]);
-    for (; j < hi; j++) {
-        float a0 = 0.f, a1 = 0.f;
-        for (int a = 0; a < k; a++) { float x = ej[(size_t)a * c + j]; a0 += e0[a] * x; a1 += e1[a] * x; }
-        float v0 = g0[j] * a0, v1 = g1[j] * a1;
-        float u0 = first ? v0 : t0[j] + v0, u1 = first ? v1 : t1[j] + v1;
-        t0[j] = u0;
-        t1[j] = u1;
-        s[0] += positive1(v0); s[1] += positive1(v1); s[2] += positive1(u0); s[3] += positive1(u1);
     }
 }
 
-/* One tile (b train rows x c validation columns sorted by class) at one checkpoint.
-   gh: b x c feature Gram (h_i . h_j + 1); ei: b x k train errors; ej: k x c validation errors;
-   total: b x c running sum over checkpoints (written when first, added to otherwise);
-   runs: the class and the column range of each class present in the tile;
-   pos_t, pos: b x n_classes sums of the positive parts of I_t (always) and of the total (when last). */
-void tile_pass(int b, int c, int k, const float* gh, const float* ei, const float* ej, float* total,
-               int first, int last, int nruns, const int* run_class, const int* run_lo, const int* run_hi,
-               int n_classes, float* pos_t, float* pos)
+/* Positive class masses of b train rows against one column tile of c validation columns, over n_t checkpoints.
+   hi: n_t x b x d1 train features (with the bias 1); ei: n_t x b x k weighted train errors;
+   hj: n_t x d1 x c and ej: n_t x k x c validation features and errors, columns grouped by class and padded;
+   runs: the class and the column range [lo, hi) (multiples of V) of each class in the tile;
+   pos_t (row stride n_classes, checkpoint stride t_stride) += the positive sums of I_t per class;
+   pos += those of the total over checkpoints. */
+void fused_pass(int b, int c, int n_t, int d1, int k, const float* hi, const float* ei, const float* hj,
+                const float* ej, int nruns, const int* run_class, const int* run_lo, const int* run_hi,
+                int n_classes, float* pos_t, long t_stride, float* pos)
 {
-    int pairs = (b + 1) / 2;
+    int blocks = (b + R - 1) / R;
     #pragma omp parallel for schedule(static)
-    for (int p = 0; p < pairs; p++) {
-        int i0 = 2 * p, i1 = i0 + 1 < b ? i0 + 1 : i0;  /* an odd last row is paired with itself */
-        for (int r = 0; r < nruns; r++) {
-            float s[4];
-            pair_run(run_lo[r], run_hi[r], c, k, gh + (size_t)i0 * c, gh + (size_t)i1 * c, ei + (size_t)i0 * k,
-                     ei + (size_t)i1 * k, ej, total + (size_t)i0 * c, total + (size_t)i1 * c, first, last, s);
-            size_t cls = (size_t)run_class[r];
-            pos_t[(size_t)i0 * n_classes + cls] += s[0];
-            if (last) pos[(size_t)i0 * n_classes + cls] += s[2];
-            if (i1 != i0) {
-                pos_t[(size_t)i1 * n_classes + cls] += s[1];
-                if (last) pos[(size_t)i1 * n_classes + cls] += s[3];
+    for (int blk = 0; blk < blocks; blk++) {
+        int rows[R];  /* the last block repeats its last row; only real rows are written */
+        for (int r = 0; r < R; r++) rows[r] = blk * R + r < b ? blk * R + r : b - 1;
+        vf per_t[n_t][R];
+        for (int q = 0; q < nruns; q++) {
+            vf summed[R];
+            for (int r = 0; r < R; r++) summed[r] = (vf){0};
+            for (int t = 0; t < n_t; t++)
+                for (int r = 0; r < R; r++) per_t[t][r] = (vf){0};
+            for (int j = run_lo[q]; j < run_hi[q]; j += V) {
+                vf total[R][U];
+                for (int t = 0; t < n_t; t++) {
+                    const float *h_rows[R], *e_rows[R];
+                    for (int r = 0; r < R; r++) {
+                        h_rows[r] = hi + ((size_t)t * b + rows[r]) * d1;
+                        e_rows[r] = ei + ((size_t)t * b + rows[r]) * k;
+                    }
+                    vf e_gram[R][U], h_gram[R][U];
+                    product(k, e_rows, ej + (size_t)t * k * c + j, c, e_gram);
+                    product(d1, h_rows, hj + (size_t)t * d1 * c + j, c, h_gram);
+                    for (int r = 0; r < R; r++)
+                        for (int u = 0; u < U; u++) {
+                            vf influence = h_gram[r][u] * e_gram[r][u];
+                            total[r][u] = t ? total[r][u] + influence : influence;
+                            per_t[t][r] += positive(influence);
+                        }
+                }
+                for (int r = 0; r < R; r++)
+                    for (int u = 0; u < U; u++) summed[r] += positive(total[r][u]);
+            }
+            size_t cls = (size_t)run_class[q];
+            for (int r = 0; r < R && blk * R + r < b; r++) {
+                size_t at = (size_t)rows[r] * n_classes + cls;
+                for (int t = 0; t < n_t; t++) pos_t[t * t_stride + at] += lanes(per_t[t][r]);
+                pos[at] += lanes(summed[r]);
             }
         }
     }
@@ -146,12 +147,12 @@ def _cache_dir() -> Path:
 def _build(compiler: str) -> Path:
     """Compile the kernel once per source, flags and CPU; a finished library is renamed into place atomically."""
     key = hashlib.sha256("\n".join((SOURCE, *FLAGS, compiler, platform.machine(), _cpu())).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"tile_pass_{key}.so"
+    target = _cache_dir() / f"fused_pass_{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        source = Path(tmp) / "tile_pass.c"
+        source = Path(tmp) / "fused_pass.c"
         source.write_text(SOURCE)
         built = Path(tmp) / target.name
         subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True, text=True)
@@ -172,11 +173,11 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
-        log.warning("the fused tile kernel did not build (%s): the pairwise pass runs with torch ops", detail)
+        log.warning("the fused kernel did not build (%s): the pairwise pass runs with torch ops", detail)
         return None
-    lib.tile_pass.restype = None
-    lib.tile_pass.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _INT, _INT, _INT,
-                              _POINTER, _POINTER, _POINTER, _INT, _POINTER, _POINTER]
+    lib.fused_pass.restype, lib.block_columns.restype = None, _INT
+    lib.fused_pass.argtypes = [_INT, _INT, _INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _INT,
+                               _POINTER, _POINTER, _POINTER, _INT, _POINTER, ctypes.c_long, _POINTER]
     return lib
 
 
@@ -192,18 +193,34 @@ class Runs:
 def _checked(*tensors: torch.Tensor) -> None:
     for tensor in tensors:
         if tensor.dtype != torch.float32 or tensor.device.type != "cpu" or not tensor.is_contiguous():
-            raise ValueError("the tile kernel takes contiguous float32 CPU tensors")
+            raise ValueError("the fused kernel takes contiguous float32 CPU tensors")
 
 
-def tile_pass(lib: ctypes.CDLL, gram: torch.Tensor, train_errors: torch.Tensor, val_errors: torch.Tensor,
-              total: torch.Tensor, first: bool, last: bool, runs: Runs, pos_t: torch.Tensor, pos: torch.Tensor) -> None:
-    """Add the positive class sums of I = gram o (train_errors @ val_errors) to ``pos_t`` (and of the running
-    ``total`` to ``pos`` when ``last``); ``total`` becomes I when ``first``, else total + I. In place."""
-    rows, width = gram.shape
-    _checked(gram, train_errors, val_errors, total, pos_t, pos)
-    if train_errors.shape[0] != rows or val_errors.shape[1] != width or total.shape != gram.shape \
-            or pos_t.shape != pos.shape or pos_t.shape[0] != rows:
-        raise ValueError("tile kernel operands of mismatched shapes")
-    lib.tile_pass(rows, width, train_errors.shape[1], gram.data_ptr(), train_errors.data_ptr(), val_errors.data_ptr(),
-                  total.data_ptr(), int(first), int(last), runs.count, runs.classes, runs.lows, runs.highs,
-                  pos_t.shape[1], pos_t.data_ptr(), pos.data_ptr())
+def block_columns(lib: ctypes.CDLL | None) -> int:
+    """The kernel's column block V: each class's columns are padded to a multiple of it (1 without the kernel)."""
+    return 1 if lib is None else int(lib.block_columns())
+
+
+CACHE_BYTES = 256 * 1024  # the validation factors of one column tile, kept in (a share of) L2
+
+
+def column_tile(lib: ctypes.CDLL, n_checkpoints: int, floats_per_column: int) -> int:
+    """The kernel's column tile: as wide as fits ``CACHE_BYTES`` for all checkpoints, in whole blocks."""
+    align = block_columns(lib)
+    return max(align, CACHE_BYTES // (4 * n_checkpoints * floats_per_column) // align * align)
+
+
+def fused_pass(lib: ctypes.CDLL, features: torch.Tensor, errors: torch.Tensor, val_features: torch.Tensor,
+               val_errors: torch.Tensor, runs: Runs, pos_t: torch.Tensor, pos: torch.Tensor) -> None:
+    """Add the positive class sums of I_t = (features val_features) o (errors val_errors) to ``pos_t`` (T, b, C)
+    and those of their sum over checkpoints to ``pos`` (b, C), in place. Factors: (T, b, d + 1), (T, b, k),
+    (T, d + 1, c), (T, k, c), columns grouped by class with each class's run a multiple of ``block_columns``."""
+    (n_t, rows, depth), k, width = features.shape, errors.shape[-1], val_features.shape[-1]
+    _checked(features, errors, val_features, val_errors, pos)
+    if errors.shape != (n_t, rows, k) or val_features.shape != (n_t, depth, width) \
+            or val_errors.shape != (n_t, k, width) or pos.shape != (rows, pos_t.shape[-1]) \
+            or pos_t.shape[:2] != (n_t, rows) or pos_t.stride()[1:] != (pos_t.shape[-1], 1):
+        raise ValueError("fused kernel operands of mismatched shapes")
+    lib.fused_pass(rows, width, n_t, depth, k, features.data_ptr(), errors.data_ptr(), val_features.data_ptr(),
+                   val_errors.data_ptr(), runs.count, runs.classes, runs.lows, runs.highs, pos.shape[1],
+                   pos_t.data_ptr(), pos_t.stride(0), pos.data_ptr())
