@@ -210,8 +210,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"Machine: {report['machine']}; torch {torch.__version__}, {report['threads']} threads, device "
              f"{report['device']}; measured float32 matmul: {report['gflops']:.0f} GFLOP/s.",
              "",
-             f"Sizes: m = n / 4, d = {D}, k = {K}, T = {T} checkpoints; row x column tiles {report['tiles']}; "
-             f"the pass's tile kernel: {report['kernel']}. Times in seconds, the best of {REPEATS} runs (factors: one).",
+             f"Sizes: m = n / 4, d = {D}, k = {K}, T = {T} checkpoints; the pass: {report['kernel']}; torch ops' "
+             f"tiles {report['tiles']}. Times in seconds, the best of {REPEATS} runs (factors: one).",
              "",
              "| n | m | " + " | ".join(header for _, header in keys) + " | pass / bound | torch ops / bound |"
              + (" Captum vs ours |" if "agreement" in rows[0] else ""),
@@ -239,8 +239,11 @@ def markdown(report: dict[str, Any]) -> str:
               "(b) every influence signal = " + ", ".join(influence_names()) + ", each also from the first "
               "checkpoint alone. (c) = SI, MI, GD-class. (d) the pass computes the positive class masses P, "
               "per checkpoint and in total (N = S - P, S from the closed forms, which the signals job has "
-              "computed already): per tile and checkpoint one GEMM (the feature Gram) and the fused kernel's one "
-              "pass (`kernel.py`), or, with torch ops, a second GEMM and elementwise passes. GEMM bound: every I_t(i, j) is needed on its own "
+              "computed already). The fused kernel (`kernel.py`) computes, per register block of train rows x "
+              "validation columns, both Grams from the factors, their product, the running total over checkpoints "
+              "and the positive class sums, in registers, never writing an influence value to memory; with torch "
+              "ops each tile and checkpoint is two GEMMs and elementwise passes over their outputs. GEMM bound: "
+              "every I_t(i, j) is needed on its own "
               "(|.| and the clamp of the sum over checkpoints are not linear), and I_t = (E E^T) o (H H^T + 1): a "
               "Gram of rank d (the + 1 is an elementwise add) and one of rank k - 1 (error rows sum to zero), so "
               "2 T n m (d + k - 1) FLOPs is the least GEMM work; one Khatri-Rao GEMM would need width d(k - 1). "
@@ -290,7 +293,9 @@ def main() -> None:
                         if line.startswith("model name")), machine)
     else:
         machine = torch.cuda.get_device_name(args.device)
-    kernel = "fused C kernel" if tile_kernel.library() is not None and args.device == "cpu" else "torch ops"
+    lib = tile_kernel.library() if args.device == "cpu" else None
+    kernel = "torch ops" if lib is None else (f"fused C kernel, {tile_kernel.block_columns(lib)}-column blocks, "
+                                              f"{tile_kernel.column_tile(lib, T, D + 1 + K)}-column tiles")
     report = {"rows": rows, "memory": memory, "gflops": gflops, "device": args.device, "threads": torch.get_num_threads(),
               "kernel": kernel,
               "machine": machine, "tiles": f"{args.row_block} x {args.col_block}"}
