@@ -116,8 +116,10 @@ class TracInEngine:
     @staticmethod
     def _project(moments: torch.Tensor, errors: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """w_t e_i^T A_tc [h_i, 1] for train rows given by their (weighted) factors: (T, b, C)."""
-        projected = torch.bmm(features, moments).view(*errors.shape[:2], -1, errors.shape[-1])  # (T, b, C, k)
-        return torch.einsum("tick,tik->tic", projected, errors)
+        projected = torch.empty((*features.shape[:2], moments.shape[-1]), device=features.device)  # (T, b, C k)
+        for h, a, out in zip(features, moments, projected):  # T GEMMs: one bmm of these shapes is slower on the CPU
+            torch.mm(h, a, out=out)
+        return torch.einsum("tick,tik->tic", projected.view(*errors.shape[:2], -1, errors.shape[-1]), errors)
 
     def class_sums(self, y_val: np.ndarray, n_classes: int) -> torch.Tensor:
         """Per-checkpoint sums of influence over each validation class (T, n, C), in closed form.
@@ -129,7 +131,7 @@ class TracInEngine:
 
     _closed: tuple[bytes, torch.Tensor, torch.Tensor] | None = None  # the last closed forms, keyed by the labels
 
-    def _closed_forms(self, y_val: np.ndarray, n_classes: int, row_block: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    def _closed_forms(self, y_val: np.ndarray, n_classes: int, row_block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
         """Self-influence (T, n) and class sums (T, n, C) from one read of the train factors (the costly part)."""
         key = np.asarray(y_val, dtype=np.int64).tobytes() + n_classes.to_bytes(4, "little")
         if self._closed is None or self._closed[0] != key:
