@@ -9,6 +9,7 @@ small, committed) and rewrites the README between the section's ``<!-- NAME:star
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import shutil
@@ -183,8 +184,20 @@ def collect(results: Path, docs: Path) -> None:
     (docs / "wall_seconds.txt").unlink(missing_ok=True)  # never a stale run's time beside new summaries
     if wall is not None:
         write_text(docs / "wall_seconds.txt", f"{wall:.1f}\n")
-    write_text(docs / "machine.txt", f"{platform.machine()}, {platform.processor() or 'CPU'}, "
-                                     f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}\n")
+    write_text(docs / "machine.txt", f"{platform.machine()}, {cpu_model()}, "
+                                     f"{os.cpu_count()} cores, Python {platform.python_version()}\n")
+
+
+def cpu_model() -> str:
+    """The CPU's model name and widest vector extension: hosts of one name have differed ~2x in per-core speed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
+    vectors = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "")
+    return f"{name} with {vectors}" if vectors else name
 
 
 def section_text(text: str, section: str) -> str:
