@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -287,12 +286,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         memory = memory_run(memory_n, memory_n // 4, Path(tmp), args.device, args.row_block, args.col_block)
     print(json.dumps(memory), flush=True)
-    machine = platform.processor() or platform.machine()
-    if args.device == "cpu":
-        machine = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                        if line.startswith("model name")), machine)
-    else:
-        machine = torch.cuda.get_device_name(args.device)
+    machine = readme_report.cpu_model() if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     lib = tile_kernel.library() if args.device == "cpu" else None
     kernel = "torch ops" if lib is None else (f"fused C kernel, {tile_kernel.block_columns(lib)}-column blocks, "
                                               f"{tile_kernel.column_tile(lib, T, D + 1 + K)}-column tiles")
