@@ -152,7 +152,7 @@ class TracInEngine:
         """P, N (n, C) of the summed influence and P_t, N_t (T, n, C) per checkpoint: the one pairwise pass.
 
         Only the positive parts need the pass: N = S - P with S the closed-form class sums (``class_sums``,
-        (T, n, C), when the caller has them; else computed here from the same train factors). Validation rows
+        (T, n, C), when the caller has them; else the engine's own, ``class_sums``). Validation rows
         are visited sorted by class, each class a run of columns (padded with zero columns, which add nothing,
         to the kernel's block width). On the CPU (``kernel="auto"``) the fused C kernel (``kernel.py``) does
         the whole pass from the factors, in registers, per row block and column tile (as wide as keeps its
@@ -162,35 +162,15 @@ class TracInEngine:
         if kernel not in ("auto", "torch"):
             raise ValueError(f"unknown kernel {kernel!r}; known: auto, torch")
         lib = tile_kernel.library() if kernel == "auto" and self.device.type == "cpu" else None
-        align = tile_kernel.block_columns(lib)
-        counts = np.bincount(y_val, minlength=n_classes)
-        bounds = np.concatenate([[0], np.cumsum(-(-counts // align) * align)])  # each class's padded column run
-        slots = torch.from_numpy(np.concatenate([bounds[c] + np.arange(counts[c]) for c in range(n_classes)]))
-        order = torch.from_numpy(np.argsort(y_val, kind="stable"))
-        val_features = torch.zeros((self.n_checkpoints, self.val_features.shape[-1], int(bounds[-1])), device=self.device)
-        val_errors = torch.zeros((self.n_checkpoints, self.val_errors.shape[-1], int(bounds[-1])), device=self.device)
-        val_features[:, :, slots.to(self.device)] = self.val_features[:, order.to(self.device)].transpose(1, 2)
-        val_errors[:, :, slots.to(self.device)] = self.val_errors[:, order.to(self.device)].transpose(1, 2)
-        width = col_block if lib is None else tile_kernel.column_tile(lib, self.n_checkpoints, sum(
-            factors.shape[-1] for factors in (self.val_features, self.val_errors)))
-        tiles = []  # per column tile: the validation factors (T, d + 1, c) and (T, k, c), and the class runs
-        for col in range(0, int(bounds[-1]), width):
-            col_stop = min(col + width, int(bounds[-1]))
-            runs = [(c, max(lo, col) - col, min(hi, col_stop) - col)
-                    for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if max(lo, col) < min(hi, col_stop)]
-            tiles.append((val_features[..., col:col_stop].contiguous(), val_errors[..., col:col_stop].contiguous(),
-                          runs, tile_kernel.Runs(runs)))
-        moments = self._class_moments(y_val, n_classes) if class_sums is None else None
+        tiles, width = self._column_tiles(y_val, n_classes, lib, col_block)
         shape = (self.n_train, n_classes)
         pos, pos_t = torch.zeros(shape, device=self.device), torch.zeros((self.n_checkpoints, *shape), device=self.device)
-        sums_t = torch.empty_like(pos_t) if class_sums is None else class_sums.to(self.device, torch.float32)
+        sums_t = (self.class_sums(y_val, n_classes) if class_sums is None else class_sums).to(self.device, torch.float32)
         tile_floats = 0 if lib is not None else min(row_block, self.n_train) * width  # the torch ops' three tiles
         buffers = torch.empty((3, tile_floats), device=self.device)
         for start in range(0, self.n_train, row_block):
             stop = min(start + row_block, self.n_train)
             errors, features = self.train_factors(start, stop)
-            if moments is not None:
-                sums_t[:, start:stop] = self._project(moments, errors, features)
             for tile_features, tile_errors, runs, c_runs in tiles:
                 if lib is not None:
                     tile_kernel.fused_pass(lib, features, errors, tile_features, tile_errors, c_runs,
@@ -199,6 +179,34 @@ class TracInEngine:
                     self._torch_tile(features, errors, tile_features, tile_errors, runs,
                                      pos_t[:, start:stop], pos[start:stop], buffers)
         return pos, sums_t.sum(0).sub_(pos), pos_t, sums_t.sub(pos_t)
+
+    def _column_tiles(self, y_val: np.ndarray, n_classes: int, lib: Any, col_block: int
+                      ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]], tile_kernel.Runs]], int]:
+        """The validation factors (T, d + 1, c) and (T, k, c) of each column tile, and the class runs it holds.
+
+        Columns are sorted by class, each class padded with zero columns to the kernel's block width; tiles
+        are ``col_block`` wide for torch ops, or as wide as keeps a tile in cache for the kernel.
+        """
+        align = tile_kernel.block_columns(lib)
+        counts = np.bincount(y_val, minlength=n_classes)
+        bounds = np.concatenate([[0], np.cumsum(-(-counts // align) * align)])  # each class's padded column run
+        slots = np.concatenate([bounds[c] + np.arange(counts[c]) for c in range(n_classes)])  # sorted rows' columns
+        order = torch.from_numpy(np.argsort(y_val, kind="stable")).to(self.device)
+        padded = []
+        for factors in (self.val_features, self.val_errors):
+            layout = torch.zeros((self.n_checkpoints, factors.shape[-1], int(bounds[-1])), device=self.device)
+            layout[:, :, torch.from_numpy(slots).to(self.device)] = factors[:, order].transpose(1, 2)
+            padded.append(layout)
+        width = col_block if lib is None else tile_kernel.column_tile(lib, self.n_checkpoints, sum(
+            factors.shape[1] for factors in padded))
+        tiles = []
+        for col in range(0, int(bounds[-1]), width):
+            col_stop = min(col + width, int(bounds[-1]))
+            runs = [(c, max(lo, col) - col, min(hi, col_stop) - col)
+                    for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])) if max(lo, col) < min(hi, col_stop)]
+            features, errors = (layout[..., col:col_stop].contiguous() for layout in padded)
+            tiles.append((features, errors, runs, tile_kernel.Runs(runs)))
+        return tiles, width
 
     @staticmethod
     def _torch_tile(features: torch.Tensor, errors: torch.Tensor, val_features: torch.Tensor, val_errors: torch.Tensor,
