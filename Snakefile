@@ -22,6 +22,19 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 
 
+onstart:
+    if config["warm_start"]:
+        warm.start()  # jobs fork from one process that has imported torch & co. (influence_signals.warm)
+
+
+onsuccess:
+    warm.stop()
+
+
+onerror:
+    warm.stop()
+
+
 rule all:
     default_target: True
     input:

@@ -65,6 +65,8 @@ def test_every_stage_writes_sane_outputs(finished):
     assert (finished / "results/summary.pdf").read_bytes().startswith(b"%PDF")
     assert (finished / "results/logs/train/synth_tabular/mlp/uniform/r10/s0.log").read_text().count("epoch") >= 3
     assert (finished / "results/benchmarks/signals/synth_tabular/mlp/uniform/r10/s0.tsv").exists()
+    warm_jobs = [log for log in (finished / "results/logs").rglob("*.log") if "warm start: forked" in log.read_text()]
+    assert warm_jobs, "no job ran in the warm server's children"  # the jobs after the first seconds do
 
 
 @pytest.mark.pipeline

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
-import inspect
 import io
 import os
 import re
@@ -266,9 +265,10 @@ def _run_direct(plan: Plan, config: Mapping[str, Any]) -> None:
 
 
 def _call(stage: Callable[..., None], common: Mapping[str, Any], **own: Any) -> None:
-    """Call a stage as ``stages.run_from_snakemake`` does: with the keywords it accepts, named as in its rule."""
-    accepted = inspect.signature(stage).parameters
-    stage(**{key: value for key, value in {**common, **own}.items() if key in accepted})
+    """Call a stage as a pipeline job does: with the keywords it accepts, named as in its rule."""
+    from . import stages
+
+    stages.call(stage, {**common, **own})
 
 
 # ----------------------------------------------------------------------------------------------

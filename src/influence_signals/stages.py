@@ -1,9 +1,9 @@
 """The pipeline's stages as plain functions of paths and settings.
 
-Snakemake scripts call ``run_from_snakemake``, which maps the job's named inputs, outputs and params onto
-a stage's keyword arguments; tests and users call the same functions directly. torch, Captum and seaborn
-are imported inside the stages that use them: every job is a fresh process, and the data and evaluation
-jobs start seconds faster without them.
+Snakemake scripts call ``warm.run_from_snakemake``, which maps the job's named inputs, outputs and params
+onto a stage's keyword arguments (``run_job``); tests and users call the same functions directly. torch,
+Captum and seaborn are imported inside the stages that use them, so that a job run in its own process (no
+warm server) starts seconds faster where it needs none of them.
 """
 from __future__ import annotations
 
@@ -232,17 +232,20 @@ def configure_logging(path: str | None) -> None:
     root.setLevel(logging.INFO)
 
 
-def run_from_snakemake(smk: Any, stage: Callable[..., None]) -> None:
-    """Call ``stage`` with the job's named inputs, outputs and params, logging to the job's log."""
-    configure_logging(smk.log[0] if len(smk.log) else None)
-    threads = str(max(1, int(smk.threads)))
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads  # read by torch when it is imported
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(int(threads))
-    kwargs = {**dict(smk.input.items()), **dict(smk.output.items()), **dict(smk.params.items())}
+def call(stage: Callable[..., None], kwargs: Mapping[str, Any]) -> None:
+    """Call ``stage`` with the keywords it accepts: a rule names all of its files and params, a stage takes its own."""
     accepted = inspect.signature(stage).parameters
+    stage(**{key: value for key, value in kwargs.items() if key in accepted})
+
+
+def run_job(stage: str, log_file: str | None, threads: int, kwargs: Mapping[str, Any]) -> None:
+    """Run the stage named ``stage`` for a Snakemake job (``warm.run_from_snakemake``), logging to ``log_file``."""
+    configure_logging(log_file)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # read by torch when it is imported
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     try:
-        stage(**{k: v for k, v in kwargs.items() if k in accepted})
+        call(globals()[stage], kwargs)
     except Exception:
-        log.exception("%s failed", stage.__name__)  # into the job's log, which Snakemake points the user to
+        log.exception("%s failed", stage)  # into the job's log, which Snakemake points the user to
         raise

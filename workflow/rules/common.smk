@@ -2,6 +2,7 @@
 import re
 
 from influence_signals import config as cfg
+from influence_signals import warm
 from influence_signals.checkpoints import manifest_problem
 from influence_signals.fingerprint import stage_fingerprint
 from influence_signals.glitches import GLITCHES

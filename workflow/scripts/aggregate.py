@@ -3,6 +3,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 - works without installing
-from influence_signals import stages  # noqa: E402
+from influence_signals import warm  # noqa: E402 - the standard library only: a warm job starts at once
 
-stages.run_from_snakemake(snakemake, stages.aggregate)  # noqa: F821 - injected by Snakemake
+warm.run_from_snakemake(snakemake, "aggregate")  # noqa: F821 - injected by Snakemake

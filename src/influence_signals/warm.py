@@ -1,0 +1,276 @@
+"""Warm starts: pipeline jobs run in a child forked from one process that has imported the heavy libraries.
+
+Why: most of a small job's time was start-up. On 2 cores torch, scikit-learn, scipy and pandas took about
+3 s of a 4.6 s signals job, and the default run has over a hundred jobs. ``start`` (Snakemake's ``onstart``)
+launches this file as a script: a server that imports third-party libraries only, never this package, and
+forks a child per job. The child takes over the job's working directory, environment, ``sys.path`` and
+standard streams, then imports the package from the job's own ``sys.path``, so it runs the code as it is on
+disk. The job's own process (the client) waits for the child, forwards signals to it and exits with its
+status. A job that finds no server falls back to running in its own process, exactly as before: a job on
+another host (a SLURM node), one started before the server is ready, or one in another interpreter.
+
+Snakemake's ``benchmark:`` files keep the job's wall time, but their memory and CPU columns then cover only
+the client. Set ``warm_start: false`` to measure those.
+
+This module imports only the standard library: the client must stay light, and the server must not import
+the package.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV = "INFLUENCE_SIGNALS_WARM"
+"""Names the server's socket; set by ``start`` in Snakemake's process and inherited by its jobs."""
+
+PRELOADED = ("numpy", "pandas", "scipy.special", "scipy.stats", "torch", "threadpoolctl", "sklearn.base",
+             "sklearn.ensemble", "sklearn.linear_model", "sklearn.model_selection", "sklearn.neighbors",
+             "sklearn.preprocessing", "cleanlab.rank", "matplotlib", "matplotlib.pyplot", "seaborn")
+"""Third-party modules the jobs import; one that is not installed is skipped."""
+
+_HEADER = struct.Struct("!I")
+_ACCEPTED = struct.Struct("!cq")
+_server: subprocess.Popen[bytes] | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The job's side
+
+
+def plain(value: Any) -> Any:
+    """Snakemake's path lists and strings as built-in types, so that a job's arguments pickle without it."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def job_from_snakemake(smk: Any, stage: str) -> dict[str, Any]:
+    """A stage's call as ``stages.run_job`` takes it: the job's named inputs, outputs and params."""
+    kwargs = {**dict(smk.input.items()), **dict(smk.output.items()), **dict(smk.params.items())}
+    return {"stage": stage, "log_file": str(smk.log[0]) if len(smk.log) else None,
+            "threads": max(1, int(smk.threads)), "kwargs": plain(kwargs)}
+
+
+def run_from_snakemake(smk: Any, stage: str) -> None:
+    """Run ``stage`` (a function of ``stages``) for a Snakemake job: warm where a server answers, else here."""
+    job = job_from_snakemake(smk, stage)
+    status = submit(job)
+    if status is None:
+        from influence_signals import stages  # only now: a warm job needs none of it in this process
+
+        stages.run_job(**job)
+    elif status:
+        raise SystemExit(status)
+
+
+def submit(job: Mapping[str, Any], address: str | None = None) -> int | None:
+    """Run ``job`` in a child of the server at ``address`` (default: ``$INFLUENCE_SIGNALS_WARM``).
+
+    Returns the child's exit status, or None when no server took the job (nothing has run then).
+    """
+    address = address or os.environ.get(ENV)
+    if not address or not os.path.exists(address):
+        return None
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(address)
+        request = {"job": dict(job), "python": _interpreter(), "cwd": os.getcwd(), "env": dict(os.environ),
+                   "path": list(sys.path), "argv": list(sys.argv)}
+        data = pickle.dumps(request)
+        socket.send_fds(connection, [_HEADER.pack(len(data)) + data], [0, 1, 2])
+        reply = _read_exactly(connection, _ACCEPTED.size)
+    except OSError:
+        connection.close()
+        return None
+    answer, child = _ACCEPTED.unpack(reply) if reply else (b"N", 0)
+    if answer != b"Y":
+        connection.close()
+        return None
+    forwarded = {s: signal.signal(s, lambda signum, _frame: os.kill(child, signum))
+                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        status = _read_exactly(connection, 1)
+    finally:
+        for number, handler in forwarded.items():
+            signal.signal(number, handler)
+        connection.close()
+    if not status:
+        print(f"influence-signals: the job's warm process {child} ended without a status (killed?)", file=sys.stderr)
+        return 1
+    return status[0]
+
+
+def _interpreter() -> tuple[str, str]:
+    return os.path.realpath(sys.executable), os.path.realpath(sys.prefix)
+
+
+def _read_exactly(connection: socket.socket, size: int) -> bytes:
+    """``size`` bytes, or fewer if the other side closed first."""
+    data = b""
+    while len(data) < size:
+        part = connection.recv(size - len(data))
+        if not part:
+            break
+        data += part
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# Snakemake's side: the server's life
+
+
+def start(address: str | None = None) -> str:
+    """Launch a server for this process's jobs and point them at it (``$INFLUENCE_SIGNALS_WARM``).
+
+    The server imports in the background: jobs that start before it listens run in their own process.
+    It exits with ``stop``, or by itself once this process has gone.
+    """
+    global _server
+    stop()
+    address = address or os.path.join(tempfile.gettempdir(), f"influence-signals-warm-{os.getuid()}-{os.getpid()}.sock")
+    _server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), address, str(os.getpid())],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    os.environ[ENV] = address
+    return address
+
+
+def stop() -> None:
+    """End the server (running children finish on their own) and stop pointing jobs at it."""
+    global _server
+    os.environ.pop(ENV, None)
+    if _server is not None:
+        _server.terminate()
+        try:
+            _server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _server.kill()
+            _server.wait()
+        _server = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The server (this file run as a script)
+
+
+def serve(address: str, parent: int) -> None:
+    """Import the heavy libraries, listen at ``address`` and fork a child per job while ``parent`` lives."""
+    import importlib
+
+    for name in PRELOADED:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    pending = f"{address}.{os.getpid()}"
+    listener.bind(pending)
+    listener.listen(64)
+    os.replace(pending, address)  # clients see the socket only once it answers
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    try:
+        while os.getppid() == parent:
+            ready, _, _ = select.select([listener], [], [], 1.0)
+            _reap()
+            if not ready:
+                continue
+            connection, _ = listener.accept()
+            if os.fork() == 0:
+                listener.close()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os._exit(_child(connection))
+            connection.close()
+    finally:
+        listener.close()
+        if os.path.exists(address):
+            os.unlink(address)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _child(connection: socket.socket) -> int:
+    """Become the job's process, run its stage and report the status; 1 for any failure."""
+    try:
+        header, fds, _, _ = socket.recv_fds(connection, _HEADER.size, 3)
+        (size,) = _HEADER.unpack(header + _read_exactly(connection, _HEADER.size - len(header)))
+        request = pickle.loads(_read_exactly(connection, size))
+        if tuple(request["python"]) != _interpreter() or len(fds) != 3:
+            connection.sendall(_ACCEPTED.pack(b"N", 0))
+            return 0
+        connection.sendall(_ACCEPTED.pack(b"Y", os.getpid()))
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.path[:] = request["path"]
+        sys.argv[:] = request["argv"]
+        threading.Thread(target=_exit_when_closed, args=(connection,), daemon=True).start()
+        status = _run(request["job"])
+    except BaseException:  # noqa: B036 - whatever happens, the client gets a status
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        connection.sendall(bytes([status]))
+    except OSError:
+        pass
+    return status
+
+
+def _run(job: Mapping[str, Any]) -> int:
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(int(job["threads"]))  # the server loaded BLAS and OpenMP with all cores
+    from influence_signals import stages
+
+    stages.configure_logging(job["log_file"])
+    stages.log.info("warm start: forked from the server (pid %d)", os.getppid())
+    try:
+        stages.run_job(**job)
+    except Exception:  # run_job has logged it into the job's log
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def _exit_when_closed(connection: socket.socket) -> None:
+    """End the job when its client goes (Snakemake cancelled it): nothing would wait for its outputs."""
+    try:
+        while connection.recv(1):
+            pass
+    except OSError:
+        pass
+    os._exit(1)
+
+
+if __name__ == "__main__":
+    del sys.path[0]  # this file's folder: the package's modules must not import as top-level names
+    serve(sys.argv[1], int(sys.argv[2]))

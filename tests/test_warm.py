@@ -1,0 +1,111 @@
+"""Warm starts: a job forked from the pre-imported server gives what it gives in its own process."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from influence_signals import stages, warm
+
+SETTINGS = {"epochs": 2, "lr": 0.1, "batch_size": 32, "options": {"n_blocks": 1, "d_block": 16}, "device": "cpu"}
+
+
+def wait_for(address: str, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(address):
+        assert time.monotonic() < deadline, "the warm server did not start listening"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server():
+    address = os.path.join(tempfile.mkdtemp(), "warm.sock")  # short: a Unix socket's path has at most 107 bytes
+    warm.start(address)
+    wait_for(address)
+    yield address
+    warm.stop()
+    assert not os.path.exists(address)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("warm_data")
+    paths = {part: str(folder / f"{part}.npz") for part in ("train", "val", "pool")}
+    stages.prepare("synth_tabular", {"n_rows": 300, "n_classes": 3}, "data", False, 1.0, 0.2, 0, **paths)
+    return paths
+
+
+def train_job(splits: dict[str, str], folder: Path, **changes: str) -> dict:
+    kwargs = {"train_set": splits["train"], "val_set": splits["val"], "model": "mlp", "settings": SETTINGS, "seed": 3,
+              "download": False, "checkpoints": str(folder / "checkpoints"), "history": str(folder / "history.csv"),
+              "factors": str(folder / "factors"), **changes}
+    return {"stage": "train", "log_file": str(folder / "job.log"), "threads": 1, "kwargs": kwargs}
+
+
+def test_a_warm_job_gives_the_same_model_and_factors_as_one_in_its_own_process(server, splits, tmp_path):
+    warm_folder, own_folder = tmp_path / "warm", tmp_path / "own"
+    warm_folder.mkdir(), own_folder.mkdir()
+    assert warm.submit(train_job(splits, warm_folder), server) == 0
+    stages.run_job(**train_job(splits, own_folder))
+    assert "warm start: forked from the server" in (warm_folder / "job.log").read_text()
+    assert "warm start" not in (own_folder / "job.log").read_text()
+    for name in ("train_features", "train_logits", "val_features", "val_logits"):
+        assert np.array_equal(np.load(warm_folder / "factors" / f"{name}.npy"), np.load(own_folder / "factors" / f"{name}.npy"))
+    for path in sorted((own_folder / "checkpoints").glob("*.pt")):
+        ours = torch.load(path, weights_only=True)["model_state_dict"]
+        theirs = torch.load(warm_folder / "checkpoints" / path.name, weights_only=True)["model_state_dict"]
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+def test_a_failing_warm_job_reports_its_failure_and_writes_no_output(server, splits, tmp_path):
+    job = train_job(splits, tmp_path, train_set=str(tmp_path / "missing.npz"))
+    assert warm.submit(job, server) == 1
+    assert "train failed" in (tmp_path / "job.log").read_text()
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "history.csv").exists()
+
+
+def test_the_job_runs_the_code_on_its_own_sys_path(server, splits, tmp_path):
+    """The server never imports the package: a job whose sys.path holds another copy runs that copy."""
+    copy = tmp_path / "copy"
+    package = Path(stages.__file__).parent
+    (copy / "influence_signals").mkdir(parents=True)
+    for module in package.glob("*.py"):
+        (copy / "influence_signals" / module.name).write_text(module.read_text())
+    stages_copy = copy / "influence_signals" / "stages.py"
+    stages_copy.write_text(stages_copy.read_text() + "\n\ndef marker(path: str) -> None:\n    Path(path).write_text(__file__)\n")
+    job = {"stage": "marker", "log_file": None, "threads": 1, "kwargs": {"path": str(tmp_path / "marker.txt")}}
+    script = (f"import sys; sys.path.insert(0, {str(copy)!r}); from influence_signals import warm; "
+              f"sys.exit(warm.submit({job!r}, {server!r}))")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert (tmp_path / "marker.txt").read_text() == str(stages_copy)
+
+
+def test_without_a_server_or_in_another_interpreter_nothing_runs_warm(server, splits, tmp_path, monkeypatch):
+    job = train_job(splits, tmp_path)
+    assert warm.submit(job, str(tmp_path / "absent.sock")) is None
+    monkeypatch.delenv(warm.ENV, raising=False)
+    assert warm.submit(job) is None
+    monkeypatch.setattr(warm, "_interpreter", lambda: ("/another/python", "/another/prefix"))
+    assert warm.submit(job, server) is None  # the server refused: it runs another interpreter
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_server_exits_when_the_process_that_started_it_goes(tmp_path):
+    address = os.path.join(tempfile.mkdtemp(), "warm.sock")
+    script = f"from influence_signals import warm; warm.start({address!r}); import time; time.sleep(600)"
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    wait_for(address)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while os.path.exists(address):
+        assert time.monotonic() < deadline, "the server outlived the process that started it"
+        time.sleep(0.2)
+
