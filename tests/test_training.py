@@ -1,6 +1,8 @@
 """Models build and train; checkpoints hold what TracIn needs; runs resume bit-identically."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -92,14 +94,20 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny_table):
         return models.build("mlp", train.x.shape[1:], 3, {"n_blocks": 1, "d_block": 16, "dropout": 0.2})
 
     whole = fresh()
-    training.train(whole, train, val, settings, tmp_path / "whole")
+    training.train(whole, train, val, settings, tmp_path / "whole", tmp_path / "whole_factors")
     part = fresh()
     training.train(part, train, val, training.TrainSettings(epochs=1, lr=0.05, batch_size=32, seed=4), tmp_path / "part")
     resumed = fresh()
-    history = training.train(resumed, train, val, settings, tmp_path / "part")
+    history = training.train(resumed, train, val, settings, tmp_path / "part", tmp_path / "resumed_factors")
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
     assert list(history["epoch"]) == [1, 2, 3]
+    # the resumed run records epoch 1 from its checkpoint, epochs 2-3 as they end: the same factors
+    for name in ("train_logits", "train_features", "val_logits", "val_features"):
+        assert np.array_equal(np.load(tmp_path / "whole_factors" / f"{name}.npy"),
+                              np.load(tmp_path / "resumed_factors" / f"{name}.npy"))
+    assert (json.loads((tmp_path / "whole_factors" / "meta.json").read_text())
+            == json.loads((tmp_path / "resumed_factors" / "meta.json").read_text()))
 
 
 def test_training_steps_are_torch_optims_plain_sgd_exactly(tiny_table):
