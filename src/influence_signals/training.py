@@ -333,7 +333,7 @@ class FactorRecorder:
         self.cached = dict(cached or {})
         self.trunk = [t.clone() for t in frozen_state(model)] if model is not None and cached else []
         self.recorded: dict[int, tuple[str, float, int]] = {}  # index -> checkpoint name, learning rate, epoch
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, np.memmap[Any, Any]] = {}
 
     def _inputs(self, model: AdaptedModel) -> Cache:
         state = frozen_state(model)
