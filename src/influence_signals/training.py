@@ -158,10 +158,17 @@ def train_mode(model: torch.nn.Module) -> None:
         module.eval()
 
 
+RECALIBRATION_ROWS = 1024
+"""Training rows the BatchNorm statistics are re-estimated on after each epoch (all rows where fewer): at
+ResNet-20's 7 x 7 last stage that is 50,000 values per channel, a sampling error far below what a training
+batch of 128 sees, for 43 % of a full pass over the default run's 2,400 rows."""
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, forward: Callable[..., torch.Tensor], x: torch.Tensor,
-                          device: torch.device, batch_size: int = 512) -> None:
-    """Re-estimate the trained BatchNorm layers' running statistics as exact averages over the training rows.
+                          device: torch.device, generator: torch.Generator, batch_size: int = 512) -> None:
+    """Re-estimate the trained BatchNorm layers' running statistics from the current weights, as averages
+    over ``RECALIBRATION_ROWS`` training rows drawn with ``generator``.
 
     Under plain SGD the running averages lag behind the weights; evaluated (and checkpointed for TracIn)
     with stale statistics, a fine-tuned network's validation accuracy swung by up to 0.5 between epochs.
@@ -175,8 +182,9 @@ def recalibrate_batchnorm(model: torch.nn.Module, forward: Callable[..., torch.T
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average over the batches below
-    for start in range(0, len(x), batch_size):
-        forward(x[start : start + batch_size].to(device))
+    rows = torch.randperm(len(x), generator=generator)[:RECALIBRATION_ROWS]
+    for part in rows.split(batch_size):
+        forward(x[part].to(device))
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
 
@@ -273,7 +281,7 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
                 every = settings.checkpoint_every_steps
                 if every and step % every == 0:
                     save_checkpoint(partial / checkpoint_name(epoch, step), model, settings.lr, epoch, step)
-            recalibrate_batchnorm(model, forward, x, device)
+            recalibrate_batchnorm(model, forward, x, device, generator)
             if recorder is None:
                 val_loss, val_acc = evaluate(forward, model, val_x, val_y, device)
             else:
