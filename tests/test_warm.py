@@ -71,20 +71,54 @@ def test_a_failing_warm_job_reports_its_failure_and_writes_no_output(server, spl
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "history.csv").exists()
 
 
-def test_the_job_runs_the_code_on_its_own_sys_path(server, splits, tmp_path):
-    """The server never imports the package: a job whose sys.path holds another copy runs that copy."""
-    copy = tmp_path / "copy"
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def package_copy(folder: Path, extra: str) -> Path:
+    """A copy of the package under ``folder`` whose ``stages`` ends with ``extra``; returns its stages.py."""
     package = Path(stages.__file__).parent
-    (copy / "influence_signals").mkdir(parents=True)
+    (folder / "influence_signals").mkdir(parents=True)
     for module in package.glob("*.py"):
-        (copy / "influence_signals" / module.name).write_text(module.read_text())
-    stages_copy = copy / "influence_signals" / "stages.py"
-    stages_copy.write_text(stages_copy.read_text() + "\n\ndef marker(path: str) -> None:\n    Path(path).write_text(__file__)\n")
+        (folder / "influence_signals" / module.name).write_text(module.read_text())
+    copied = folder / "influence_signals" / "stages.py"
+    copied.write_text(copied.read_text() + "\n\n" + extra)
+    return copied
+
+
+def client(folder: Path, job: dict, address: str) -> subprocess.Popen:
+    """A job's own process, submitting ``job`` with the package copy at ``folder`` first on its path."""
+    script = (f"import sys; sys.path.insert(0, {str(folder)!r}); from influence_signals import warm; "
+              f"sys.exit(warm.submit({job!r}, {address!r}))")
+    return subprocess.Popen([sys.executable, "-c", script])
+
+
+def test_the_job_runs_the_code_on_its_own_sys_path(server, tmp_path):
+    """The server never imports the package: a job whose sys.path holds another copy runs that copy."""
+    copied = package_copy(tmp_path / "copy", "def marker(path: str) -> None:\n    Path(path).write_text(__file__)\n")
     job = {"stage": "marker", "log_file": None, "threads": 1, "kwargs": {"path": str(tmp_path / "marker.txt")}}
-    script = (f"import sys; sys.path.insert(0, {str(copy)!r}); from influence_signals import warm; "
-              f"sys.exit(warm.submit({job!r}, {server!r}))")
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
-    assert (tmp_path / "marker.txt").read_text() == str(stages_copy)
+    assert client(tmp_path / "copy", job, server).wait(timeout=120) == 0
+    assert (tmp_path / "marker.txt").read_text() == str(copied)
+
+
+def test_stopping_the_jobs_own_process_stops_the_job(server, tmp_path):
+    """Snakemake cancels a job by signalling its process: the forwarded signal ends the forked child."""
+    package_copy(tmp_path / "copy", "def sleeper(path: str) -> None:\n    Path(path).write_text(str(os.getpid()))\n"
+                                    "    import time\n    time.sleep(120)\n")
+    job = {"stage": "sleeper", "log_file": None, "threads": 1, "kwargs": {"path": str(tmp_path / "pid.txt")}}
+    process = client(tmp_path / "copy", job, server)
+    wait_for(str(tmp_path / "pid.txt"))
+    time.sleep(0.2)
+    child = int((tmp_path / "pid.txt").read_text())
+    process.terminate()
+    assert process.wait(timeout=30) != 0
+    deadline = time.monotonic() + 30
+    while running(child):
+        assert time.monotonic() < deadline, "the job's child outlived its cancelled process"
+        time.sleep(0.1)
 
 
 def test_without_a_server_or_in_another_interpreter_nothing_runs_warm(server, splits, tmp_path, monkeypatch):

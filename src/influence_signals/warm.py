@@ -95,7 +95,9 @@ def submit(job: Mapping[str, Any], address: str | None = None) -> int | None:
         request = {"job": dict(job), "python": _interpreter(), "cwd": os.getcwd(), "env": dict(os.environ),
                    "path": list(sys.path), "argv": list(sys.argv)}
         data = pickle.dumps(request)
-        socket.send_fds(connection, [_HEADER.pack(len(data)) + data], [0, 1, 2])
+        message = _HEADER.pack(len(data)) + data
+        sent = socket.send_fds(connection, [message], [0, 1, 2])
+        connection.sendall(message[sent:])
         reply = _read_exactly(connection, _ACCEPTED.size)
     except OSError:
         connection.close()
@@ -104,8 +106,13 @@ def submit(job: Mapping[str, Any], address: str | None = None) -> int | None:
     if answer != b"Y":
         connection.close()
         return None
-    forwarded = {s: signal.signal(s, lambda signum, _frame: os.kill(child, signum))
-                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:  # it has just ended: its status is on its way
+            pass
+
+    forwarded = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         status = _read_exactly(connection, 1)
     finally:
