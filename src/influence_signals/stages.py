@@ -228,6 +228,8 @@ def configure_logging(path: str | None) -> None:
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    for replaced in root.handlers:
+        replaced.close()  # a job's log file configured twice (a warm job's first line) is not left open
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
 

@@ -245,8 +245,7 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
         done = epoch_checkpoints(partial)
         start_epoch, step = 1, 0
         if done:
-            payload = torch.load(done[-1], map_location="cpu", weights_only=True)
-            load_checkpoint(model, done[-1])
+            payload = read_checkpoint(model, done[-1])
             start_epoch, step = int(payload["epoch"]) + 1, int(payload["step"])
             log.info("resuming after epoch %d from %s", start_epoch - 1, done[-1])
         place(model, device)
@@ -327,8 +326,8 @@ class FactorRecorder:
     """Writes a run's per-checkpoint TracIn factors of ``train`` and ``val`` into a temporary folder.
 
     Training records each epoch as it ends (``record``): the same forward passes give the epoch's validation
-    loss and accuracy, so no checkpoint is read back and validation is not run twice. ``complete`` fills the
-    checkpoints recorded by no one (a resumed run's earlier epochs) from their files. ``cached`` holds, per
+    loss and accuracy, so no checkpoint is read back and validation is not run twice; ``record_checkpoint``
+    records one from its file (a resumed run's earlier epochs). ``cached`` holds, per
     split, the rows to feed and the function to feed them to (``forward_on``) for the model's current frozen
     trunk; it is recomputed whenever a checkpoint's frozen state differs, so any checkpoints of the network
     may be recorded (``record_factors``).
@@ -365,9 +364,9 @@ class FactorRecorder:
         return parts[ARRAYS.index("val_logits")]
 
     def record_checkpoint(self, index: int, model: AdaptedModel, path: Path) -> None:
-        """Load the checkpoint at ``path`` into ``model`` and record it as checkpoint ``index``."""
+        """Load the checkpoint at ``path`` into ``model`` (already placed on the recorder's device; loading keeps
+        its device and layout) and record it as checkpoint ``index``."""
         payload = read_checkpoint(model, path)
-        place(model, self.device)
         self.record(index, model, Path(path).name, payload["learning_rate"], payload["epoch"])
 
     def complete(self, train_batch_size: int) -> FactorMeta:

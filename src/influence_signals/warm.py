@@ -102,10 +102,11 @@ def submit(job: Mapping[str, Any], address: str | None = None) -> int | None:
     except OSError:
         connection.close()
         return None
-    answer, child = _ACCEPTED.unpack(reply) if reply else (b"N", 0)
+    answer, child = _ACCEPTED.unpack(reply) if len(reply) == _ACCEPTED.size else (b"N", 0)
     if answer != b"Y":
         connection.close()
         return None
+
     def forward(signum: int, _frame: Any) -> None:
         try:
             os.kill(child, signum)
