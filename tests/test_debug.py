@@ -15,7 +15,8 @@ from influence_signals.debug import main, suspicion_table
 CLASSES = np.array(["ant", "bee", "cat"])
 N_ROWS, N_FEATURES, N_FLIPPED = 300, 8, 30
 SEEDS, FOLDS = 2, 3
-HEAD = ["id", "observed_label", "suggested_label", "glitch_type", "suspicion", "suspicion_sd", "n_scores"]
+HEAD = ["id", "observed_label", "glitch_type", "suggested_label", "suspicion", "confidence", "label_score", "novelty",
+        "n_scores"]
 
 
 def write_table(path: Path, n_rows: int = N_ROWS, n_flipped: int = N_FLIPPED, seed: int = 0) -> pd.DataFrame:
@@ -67,13 +68,17 @@ def test_suspects_csv_columns_order_and_labels(table_run):
     out, _ = table_run
     suspects = suspects_of(out)
     assert list(suspects.columns[: len(HEAD)]) == HEAD
-    assert {"si", "aum", "loss", "confident_learning", "knn_distance", "grad_norm"} <= set(suspects.columns[len(HEAD):])
+    assert {"si", "aum", "loss", "cnci", "knn_distance", "grad_norm"} <= set(suspects.columns[len(HEAD):])
+    assert not {"detector", "clean_reference", "novelty_p", "confident_learning"} & set(suspects.columns)
     assert suspects["suspicion"].is_monotonic_decreasing
-    assert set(suspects["observed_label"]) == set(CLASSES) and set(suspects["suggested_label"]) <= set(CLASSES)
+    assert set(suspects["observed_label"]) == set(CLASSES)
+    assert set(suspects.loc[suspects["glitch_type"] != "anomaly", "suggested_label"]) <= set(CLASSES)
     assert set(suspects["glitch_type"]) <= {"mislabel", "anomaly", "none"}
     flagged = suspects[suspects["glitch_type"] == "mislabel"]
     assert len(flagged) and (flagged["suggested_label"] != flagged["observed_label"]).all()
-    assert suspects["suspicion"].between(0, 1).all() and (suspects["suspicion_sd"] >= 0).all()
+    assert suspects["suspicion"].between(0, 1).all() and suspects["confidence"].between(0, 1).all()
+    unflagged = suspects[suspects["glitch_type"] == "none"]
+    assert (unflagged["suggested_label"] == unflagged["observed_label"]).all()  # no repair suggested
 
 
 def test_top_k_holds_the_flipped_rows_and_suggests_their_true_labels(table_run):
@@ -200,22 +205,22 @@ def test_bad_input_exits_2_before_any_work(tmp_path, capsys, file, change, named
     assert not (tmp_path / "report").exists()
 
 
-def test_suspicion_table_combines_the_detectors_runs_by_rank():
-    """Two runs of four rows: the detector ranked within each run and averaged per id; its most frequent
-    verdict and suggestion; the per-signal columns are means over runs."""
-    per_row = pd.DataFrame({
-        "id": ["a", "b", "c", "d"] * 2, "seed": [0] * 8, "fold": [0] * 4 + [1] * 4, "row": [0, 1, 2, 3] * 2,
-        "observed_label": [0, 0, 1, 1] * 2,
-        "verdict_type": ["anomaly", "mislabel", "none", "none", "anomaly", "mislabel", "none", "none"],
-        "verdict_label": [-1, 1, 1, 1, -1, 1, 1, 1],
-        "prob_0": [0.9, 0.2, 0.3, 0.6] * 2, "prob_1": [0.1, 0.8, 0.7, 0.4] * 2,
-        "detector": [4.0, 3.0, 1.0, 2.0, 4.0, 3.0, 2.0, 1.0], "loss": np.arange(8.0),
-    })
-    table = suspicion_table(per_row).set_index("id")
-    assert list(table.index) == ["a", "b", "c", "d"]  # c and d tie at (0.25 + 0.5) / 2; stable order
-    assert table.loc["a", "suspicion"] == 1.0 and table.loc["a", "suspicion_sd"] == 0.0 and table.loc["a", "n_scores"] == 2
-    assert table.loc["a", "glitch_type"] == "anomaly" and table.loc["b", "glitch_type"] == "mislabel"
-    assert table.loc["b", "suggested_label"] == 1  # the detector's suggestion
-    assert table.loc["c", "suggested_label"] == 1  # not a mislabel: the largest mean probability
-    assert table.loc["c", "suspicion"] == pytest.approx((0.25 + 0.5) / 2)
-    assert table.loc["a", "loss"] == pytest.approx(2.0)  # mean of the raw score over runs
+def test_suspicion_table_is_the_detectors_verdict_on_the_whole_data_with_mean_scores():
+    """Two runs of twelve rows: the verdict comes from the held-out probabilities, the mean training loss and
+    the rows' own novelty (no clean reference); the per-signal columns are means over the runs."""
+    from influence_signals import detector
+    from influence_signals.debug import Evidence
+
+    ids = np.array([f"r{i}" for i in range(12)])
+    data = datasets.DataSet("t", np.array([[0.0], [0.1], [0.2], [9.0]] * 3, dtype=np.float32), np.array([0, 0, 1, 1] * 3),
+                            ("a", "b"), "tabular", ids)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]] * 3)
+    per_row = pd.DataFrame({"id": list(ids) * 2, "seed": 0, "fold": [0] * 12 + [1] * 12, "row": list(range(12)) * 2,
+                            "observed_label": list(data.y) * 2, "loss": np.arange(24.0), "aum": np.ones(24)})
+    table = suspicion_table(Evidence(per_row, probs), data).set_index("id")
+    novelty = detector.robust_novelty([data.x])
+    expected = detector.verdict(data.y, probs, novelty, training_loss=np.arange(12.0) + 6).set_index(ids)
+    assert list(table.index) == list(expected["suspicion"].sort_values(ascending=False, kind="mergesort").index)
+    for column in ("glitch_type", "suggested_label", "suspicion", "confidence", "label_score"):
+        np.testing.assert_array_equal(table.loc[ids, column].to_numpy(), expected[column].to_numpy())
+    assert table.loc["r1", "loss"] == (1 + 13) / 2 and (table["n_scores"] == 2).all()

@@ -136,7 +136,7 @@ def test_the_detector_finds_types_and_repairs_labels(tmp_path):
     store = FactorStore(tmp_path / "f")
     inputs = signals.SignalInputs(influence.TracInEngine(store), store, data=(train.x, val.x))
     verdict = inputs.detections
-    assert list(verdict.columns) == ["row", "suspicion", "glitch_type", "suggested_label", "confidence", "novelty_p"]
+    assert list(verdict.columns) == list(detector.VERDICT_COLUMNS)
     assert set(verdict["glitch_type"]) <= {"mislabel", "anomaly", "none"} and verdict["confidence"].between(0, 1).all()
     quality = metrics.detector_quality(verdict, errors)
     assert quality["type_accuracy"] >= 0.8 and quality["repair_accuracy"] >= 0.8
@@ -164,3 +164,101 @@ def test_in_a_mixture_each_type_is_scored_by_the_detectors_own_typing():
     assert typed.loc["uniform", "f1"] == 1.0 and typed.loc["outlier", "f1"] == 1.0
     plain = metrics.detection(verdict["suspicion"].to_numpy(), errors["glitch"].eq("uniform").to_numpy())
     assert plain["f1"] == 0.0  # the plain ranking puts the outlier and a clean row above both mislabels
+
+
+def test_label_score_is_the_threshold_adjusted_margin_by_hand():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.4, 0.6]])
+    # thresholds: t_0 = mean p0 over rows labelled 0 = 0.6, t_1 = mean p1 over rows labelled 1 = 0.7
+    thresholds = detector.class_thresholds(labels, probs)
+    np.testing.assert_allclose(thresholds, [0.6, 0.7])
+    expected = [(0.1 - 0.7) - (0.9 - 0.6), (0.7 - 0.7) - (0.3 - 0.6), (0.2 - 0.6) - (0.8 - 0.7), (0.4 - 0.6) - (0.6 - 0.7)]
+    np.testing.assert_allclose(detector.label_score(labels, probs), expected)
+    np.testing.assert_array_equal(detector.suggested_labels(labels, probs), [1, 1, 0, 0])
+
+
+def test_the_mislabel_count_is_cleanlabs_calibrated_estimate_even_with_an_absent_class():
+    from cleanlab.count import num_label_issues
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), 300)
+    labels = probs.argmax(1)
+    labels[:30] = (labels[:30] + 1) % 3
+    assert detector.mislabel_count(labels, probs) == num_label_issues(labels, probs, estimation_method="off_diagonal_calibrated")
+    four = np.concatenate([probs, np.zeros((300, 1))], axis=1)  # a fourth class no row is labelled with
+    assert detector.mislabel_count(labels, four) == detector.mislabel_count(labels, probs)
+
+
+def test_the_exponential_tail_scale_is_its_maximum_likelihood_fit():
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(0, 0.4, 5000), 1 + rng.exponential(0.7, 20000), 30 + rng.random(50)])
+    band = z[(z >= 1) & (z < 3)] - 1
+    grid = np.linspace(0.3, 1.5, 2401)  # brute force: the truncated exponential's log-likelihood on a grid
+    loglik = [-len(band) * (np.log(b) + np.log1p(-np.exp(-2 / b))) - band.sum() / b for b in grid]
+    assert detector.tail_scale(z) == pytest.approx(grid[int(np.argmax(loglik))], abs=1e-3)
+    assert detector.tail_scale(z) == pytest.approx(0.7, abs=0.03)  # the rows beyond the band do not move it
+
+
+def test_local_fdr_by_hand():
+    z = np.array([0.0, 0.5, 1.2, 1.4, 2.0, 5.0, 5.1, 5.2])
+    scale = 1.0  # 6 rows at z >= 1: the tail expects 6 exp(-(z - 1)) beyond z
+    lfdr = detector.local_fdr(z, scale, window=0.5)
+    expected_at_5 = 6 * (np.exp(-3.5) - np.exp(-4.5))
+    assert lfdr[5] == pytest.approx(expected_at_5 / 3)  # 5.0 +/- 0.5 holds three rows
+    assert lfdr[4] == pytest.approx(min(1.0, 6 * (np.exp(-0.5) - np.exp(-1.5)) / 1))
+    assert (lfdr[:4] == 1.0).all()  # below the band's start plus the window: the data is its own null
+
+
+def gaussian_table(n: int = 2000, d: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d)) * np.linspace(0.5, 20, d)  # columns of any scale
+
+
+def test_robust_novelty_declares_shifted_rows_and_nothing_in_clean_data():
+    x = gaussian_table()
+    rng = np.random.default_rng(1)
+    shifted = rng.choice(len(x), 100, replace=False)  # 5 %: they are in every "reference" the rows are compared with
+    glitched = x.copy()
+    for row in shifted:
+        columns = rng.choice(x.shape[1], 5, replace=False)
+        glitched[row, columns] += rng.choice([-5, 5], 5) * x[:, columns].std(0)
+    novelty = detector.robust_novelty([glitched])
+    truth = np.isin(np.arange(len(x)), shifted)
+    assert (novelty.declared & truth).sum() >= 95 and (novelty.declared & ~truth).sum() <= 5
+    assert metrics.f1_at_k(novelty.score, truth) >= 0.95
+    assert detector.robust_novelty([x]).declared.sum() <= 3  # a clean Gaussian table: (almost) nothing declared
+    assert novelty.p_values[truth].max() < novelty.p_values[~truth].min() + 0.05
+
+
+def test_one_near_constant_column_does_not_dominate_the_distances():
+    x = gaussian_table(1000, 6)
+    rare = np.zeros((1000, 1))
+    rare[:20, 0] = 1.0  # 2 % of rows have a natural rare value: 7 sd out, in one column of seven
+    z = detector.robust_novelty([np.hstack([x, rare])]).score
+    assert detector.winsorised(np.hstack([x, rare]))[:, -1].max() == pytest.approx(7.0, abs=0.1)
+    clipped = detector.winsorised(np.hstack([x, 100 * rare]), limit=3.0)
+    assert clipped.max() == 3.0 and clipped.min() >= -3.0
+    assert np.isfinite(z).all()
+
+
+def test_the_verdict_sets_anomalies_aside_and_flags_the_estimated_count_of_mislabels():
+    rng = np.random.default_rng(2)
+    n, c = 400, 3
+    true = rng.integers(0, c, n)
+    probs = np.full((n, c), 0.05)
+    probs[np.arange(n), true] = 0.9
+    labels = true.copy()
+    flipped = np.arange(40)
+    labels[flipped] = (true[flipped] + 1) % c
+    declared = np.zeros(n, dtype=bool)
+    declared[390:] = True  # ten anomalies: their probabilities say nothing
+    novelty = detector.Novelty(np.where(declared, 10.0, 0.0), declared, np.where(declared, 1e-6, 1.0))
+    verdict = detector.verdict(labels, probs, novelty)
+    kinds = verdict["glitch_type"].to_numpy()
+    assert (kinds[390:] == "anomaly").all() and (verdict["suggested_label"].to_numpy()[390:] == -1).all()
+    expected = detector.mislabel_count(labels[:390], probs[:390])
+    assert (kinds == "mislabel").sum() == expected and 35 <= expected <= 45
+    assert set(np.flatnonzero(kinds == "mislabel")) <= set(flipped) | set(range(40, 390))
+    assert (kinds[flipped] == "mislabel").mean() >= 0.85
+    np.testing.assert_array_equal(verdict["suggested_label"].to_numpy()[flipped], true[flipped])
+    order = np.argsort(-verdict["suspicion"].to_numpy(), kind="stable")
+    assert set(order[:10]) == set(range(390, 400)) and verdict["suspicion"].between(0, 1).all()

@@ -34,13 +34,12 @@ from . import datasets
 from .artifacts import write_csv, write_text
 from .config import ConfigError
 from .datasets import DataError
+from .signals import cross_fitted_names
 
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 GLITCH, RATIO = "none", 10  # nothing injected: the glitches are the user's own; the ratio wildcard is unused
-PROB = "prob_"  # per_row columns of the mean predicted probability of each class
-VERDICT = ("verdict_type", "verdict_label")  # per_row columns of the detector's type and suggested label per run
-META_COLUMNS = ("id", "seed", "fold", "row", "observed_label", *VERDICT)
+META_COLUMNS = ("id", "seed", "fold", "row", "observed_label")
 
 # Training settings per model: sane defaults for a user's data (the rest come from the schema's defaults).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -186,6 +185,7 @@ def build_config(name: str, spec: Mapping[str, Any], model: str, seeds: int, fol
         "grid": [{"datasets": list(entries), "models": [model], "glitches": [GLITCH], "ratios": [RATIO],
                   "seeds": list(range(seeds))}],
         "train": {"models": {model: dict(settings)}},
+        "signals": {"names": cross_fitted_names()},  # the validation folds hold the user's glitches too
         "figures": {},
         "tables": {},
     }
@@ -281,13 +281,31 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(exp / exp.sum(-1, keepdims=True))
 
 
-def collect(plan: Plan, expected_ids: np.ndarray) -> pd.DataFrame:
-    """One line per (run, training row): id, seed, fold, row, observed label, predicted probabilities, scores.
+@dataclass(frozen=True)
+class Evidence:
+    """What the runs say about every row of the user's data, in the data's row order.
 
-    Checks that every row of the user's data is scored exactly ``seeds x (folds - 1)`` times.
+    ``per_row``: one line per (run, training row) with its id, seed, fold, row and observed label and every
+    signal's score; ``pred_probs``: each row's out-of-sample class probabilities (last checkpoint of the
+    run that held it out), averaged over seeds.
+    """
+
+    per_row: pd.DataFrame
+    pred_probs: np.ndarray
+
+
+def collect(plan: Plan, data: datasets.DataSet, config: Mapping[str, Any]) -> Evidence:
+    """Read every run: its training rows' scores and its held-out rows' predicted probabilities.
+
+    Checks that every row of the user's data is scored exactly ``seeds x (folds - 1)`` times in training and
+    held out exactly once per seed.
     """
     from .factors import FactorStore
 
+    ids = data.ids.astype(str)
+    index = pd.Series(np.arange(len(ids)), index=ids)
+    held_out = np.zeros((plan.seeds, len(ids), data.n_classes))
+    times_held_out = np.zeros((plan.seeds, len(ids)), dtype=int)
     frames = []
     for fold, seed in plan.runs():
         run = plan.run_dir(fold, seed)
@@ -297,70 +315,71 @@ def collect(plan: Plan, expected_ids: np.ndarray) -> pd.DataFrame:
         if len(scores) != len(train.y) or not np.array_equal(scores["row"].to_numpy(), np.arange(len(train.y))) \
                 or not np.array_equal(scores["observed_label"].to_numpy(), train.y):
             raise RuntimeError(f"{run / 'scores.csv'} does not match its training split {plan.train_path(fold, seed)}")
-        probabilities = _softmax(store.read("train_logits", store.n_checkpoints - 1))
         head = pd.DataFrame({"id": train.ids.astype(str), "seed": seed, "fold": fold, "row": scores.pop("row"),
                              "observed_label": scores.pop("observed_label")})
-        probs = pd.DataFrame(probabilities, columns=[f"{PROB}{c}" for c in range(probabilities.shape[1])])
-        verdict = pd.read_csv(run / "detections.csv").sort_values("row")
-        head[VERDICT[0]] = verdict["glitch_type"].to_numpy()
-        head[VERDICT[1]] = verdict["suggested_label"].to_numpy()
-        frames.append(pd.concat([head, probs, scores], axis=1))
+        frames.append(pd.concat([head, scores], axis=1))
+        val_ids = datasets.load_saved(plan.split_path(fold, cfg.split_seed(config, seed), "val")).ids.astype(str)
+        rows = index.reindex(val_ids).to_numpy()
+        if np.isnan(rows).any():
+            raise RuntimeError(f"{run}: held-out ids that are not in {plan.name}")
+        rows = rows.astype(int)
+        held_out[seed, rows] = _softmax(store.read("val_logits", store.n_checkpoints - 1))
+        times_held_out[seed, rows] += 1
     per_row = pd.concat(frames, ignore_index=True)
-    counts = per_row["id"].value_counts()
+    counts = per_row["id"].value_counts().reindex(ids, fill_value=0)
     expected = plan.seeds * (plan.folds - 1)
-    unscored = sorted(set(np.asarray(expected_ids, dtype=str)) - set(counts.index))
     wrong = counts[counts != expected]
-    if unscored or len(wrong) or len(counts) != len(expected_ids):
-        raise RuntimeError(f"not every row was scored {expected} times: {len(unscored)} unscored "
-                           f"(e.g. {unscored[:3]}), {len(wrong)} scored otherwise (e.g. {dict(wrong.head(3))})")
-    return per_row
+    if len(wrong) or len(counts) != len(ids) or (times_held_out != 1).any():
+        raise RuntimeError(f"not every row was scored {expected} times in training and held out once per seed: "
+                           f"{len(wrong)} rows scored otherwise (e.g. {dict(wrong.head(3))})")
+    return Evidence(per_row, held_out.mean(0))
 
 
 def score_columns(per_row: pd.DataFrame) -> list[str]:
-    return [c for c in per_row.columns if c not in META_COLUMNS and not c.startswith(PROB)]
+    return [c for c in per_row.columns if c not in META_COLUMNS]
 
 
-def _mode(values: pd.Series) -> object:
-    return values.mode().iloc[0]
+def novelty_spaces(data: datasets.DataSet) -> list[np.ndarray]:
+    """Where rows are compared with each other: the features (a table) or the pixels (images)."""
+    return [data.x.reshape(len(data.x), -1)]
 
 
-def suspicion_table(per_row: pd.DataFrame) -> pd.DataFrame:
-    """Combine the runs with the detector's verdicts: one line per row id, the most suspicious first.
+def suspicion_table(evidence: Evidence, data: datasets.DataSet) -> pd.DataFrame:
+    """The detector's verdict on every row of the user's data, the most suspicious first.
 
-    A row's suspicion is the mean, over the runs where it was in training, of the detector's run-wise
-    percentile rank, ``suspicion_sd`` its spread; its glitch type is the detector's most frequent verdict,
-    its suggested label the detector's most frequent suggestion where it is a mislabel (else the class of
-    the largest mean predicted probability). The per-signal columns are each score's mean over runs.
+    No clean reference exists here (every fold holds the same glitches), so the detector gets the cross-fitted
+    models' out-of-sample probabilities and the row's mean loss while in training as label evidence, and a
+    contamination-robust novelty of each row against the rest of the data (``detector.robust_novelty``).
+    The per-signal columns are each score's mean over the runs where the row was in training.
     """
-    scores = score_columns(per_row)
-    runs = per_row.groupby(["seed", "fold"], sort=False)
-    work = per_row.assign(_suspicion=runs["detector"].rank(pct=True))
-    rows = work.groupby("id", sort=False)
-    probabilities = rows[[c for c in per_row.columns if c.startswith(PROB)]].mean()
-    glitch_type = rows[VERDICT[0]].agg(_mode)
-    mislabel = glitch_type == "mislabel"
-    suggested = pd.Series(probabilities.to_numpy().argmax(axis=1), index=probabilities.index)
-    suggested[mislabel] = work[work[VERDICT[0]] == "mislabel"].groupby("id")[VERDICT[1]].agg(_mode).reindex(
-        suggested.index[mislabel]).astype(int)
+    from . import detector
+
+    labels = data.y
+    ids = data.ids.astype(str)
+    scores = score_columns(evidence.per_row)
+    means = evidence.per_row.groupby("id", sort=False)[scores].mean().reindex(ids)
+    novelty = detector.robust_novelty(novelty_spaces(data))
+    verdict = detector.verdict(labels, evidence.pred_probs, novelty, training_loss=means["loss"].to_numpy())
     out = pd.DataFrame({
-        "observed_label": rows["observed_label"].first(),
-        "suggested_label": suggested.astype(int),
-        "glitch_type": glitch_type,
-        "suspicion": rows["_suspicion"].mean(),
-        "suspicion_sd": rows["_suspicion"].std(ddof=1).fillna(0.0),
-        "n_scores": rows.size(),
+        "id": ids, "observed_label": labels, "glitch_type": verdict["glitch_type"].to_numpy(),
+        "suggested_label": verdict["suggested_label"].to_numpy(), "suspicion": verdict["suspicion"].to_numpy(),
+        "confidence": verdict["confidence"].to_numpy(), "label_score": verdict["label_score"].to_numpy(),
+        "novelty": verdict["novelty"].to_numpy(),
+        "n_scores": evidence.per_row["id"].value_counts().reindex(ids).to_numpy(),
     })
-    out = out.join(rows[scores].mean()).reset_index()
-    out = out.sort_values("suspicion", ascending=False, kind="mergesort").reset_index(drop=True)
-    return out[["id", "observed_label", "suggested_label", "glitch_type", "suspicion", "suspicion_sd", "n_scores",
-                *scores]]
+    out = pd.concat([out, means.reset_index(drop=True)], axis=1)
+    return out.sort_values("suspicion", ascending=False, kind="mergesort").reset_index(drop=True)
 
 
 def named(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
-    """The suspicion table with class names for labels (what suspects.csv holds)."""
+    """The suspicion table with class names for labels (what suspects.csv holds): a mislabel's suggested label
+    is the repair, a row not flagged keeps its own, an anomaly has none (inspect or remove it)."""
     names = np.asarray(class_names, dtype=object)
-    return table.assign(observed_label=names[table["observed_label"].to_numpy()],
-                        suggested_label=names[table["suggested_label"].to_numpy()])
+    observed = table["observed_label"].to_numpy()
+    kind = table["glitch_type"].to_numpy()
+    suggested = np.where(kind == "mislabel", table["suggested_label"].to_numpy(), observed)
+    return table.assign(observed_label=names[observed],
+                        suggested_label=np.where(kind == "anomaly", "", names[suggested.clip(0)]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,11 +387,13 @@ def named(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
 
 
 def harmed_rows(plan: Plan, config: Mapping[str, Any], per_row: pd.DataFrame, ids: Sequence[str],
-                n_harmed: int = 3) -> dict[str, pd.DataFrame]:
-    """For each id, the validation rows with the most negative TracIn influence, averaged over the runs.
+                flagged: set[str], n_harmed: int = 3) -> dict[str, pd.DataFrame]:
+    """For each id, the held-out rows with the most negative TracIn influence, averaged over the runs.
 
-    A validation row and a training row meet in every run where the first is in validation and the second
-    in training (at most one fold per seed); negative influence raises the validation row's loss.
+    A held-out row and a training row meet in every run where the first is held out and the second in
+    training (at most one fold per seed); negative influence raises the held-out row's loss. The held-out
+    rows are the user's own data, not a clean reference: rows the detector flags (``flagged``) are left out,
+    or a mislabel would mostly "harm" other mislabels of its kind.
     """
     from .factors import FactorStore
     from .influence import TracInEngine
@@ -390,7 +411,8 @@ def harmed_rows(plan: Plan, config: Mapping[str, Any], per_row: pd.DataFrame, id
     if not parts:
         return {}
     table = pd.concat(parts).groupby(["id", "val_id", "val_label"], as_index=False)["influence"].mean()
-    harmful = table[table["influence"] < 0].sort_values("influence", kind="mergesort")
+    harmful = table[(table["influence"] < 0) & ~table["val_id"].astype(str).isin(flagged)]
+    harmful = harmful.sort_values("influence", kind="mergesort")
     return {row_id: group.head(n_harmed).reset_index(drop=True) for row_id, group in harmful.groupby("id")}
 
 
@@ -452,7 +474,7 @@ def report_context(plan: Plan, data: datasets.DataSet, spec: Mapping[str, Any], 
     rows = []
     for rank, line in enumerate(suspects.head(n_top_rows).itertuples(index=False), start=1):
         entry = {"rank": rank, "id": line.id, "observed": line.observed_label, "suggested": line.suggested_label,
-                 "glitch_type": line.glitch_type, "suspicion": line.suspicion, "suspicion_sd": line.suspicion_sd,
+                 "glitch_type": line.glitch_type, "suspicion": line.suspicion, "confidence": line.confidence,
                  "n_scores": line.n_scores, "features": [], "more_features": 0, "thumbnail": None}
         if data.modality == "image":
             entry["thumbnail"] = thumbnail(Path(spec["path"]) / str(line.id))
@@ -537,12 +559,13 @@ def debug(args: argparse.Namespace) -> int:
         if args.dry_run:
             return 0
     progress("combining the runs ...")
-    per_row = collect(plan, data.ids)
-    table = suspicion_table(per_row)
+    evidence = collect(plan, data, full)
+    table = suspicion_table(evidence, data)
     suspects = named(table, data.class_names)
     write_csv(out / "suspects.csv", suspects)
     progress("explaining the top rows ...")
-    harms = harmed_rows(plan, full, per_row, list(suspects["id"].head(10)))
+    flagged = set(suspects.loc[suspects["glitch_type"] != "none", "id"])
+    harms = harmed_rows(plan, full, evidence.per_row, list(suspects["id"].head(10)), flagged)
     write_text(out / "report.html", render_report(report_context(plan, data, spec, suspects, harms, args.top, settings)))
     kinds = Counter(suspects["glitch_type"])
     progress(f"wrote {out / 'suspects.csv'} and {out / 'report.html'}: {kinds.get('mislabel', 0)} suspected mislabels, "

@@ -1,36 +1,45 @@
-"""Detect, characterise and repair: one ranking of every training row, its glitch type and a suggested label.
+"""Detect, characterise and repair: every row's suspicion, its glitch type and a suggested label.
 
-The study's validation split is clean, and that is what the detector leans on (no ground truth needed):
+The detector works on arrays, so that the study's pipeline and a user's data feed it the same way:
+labels, out-of-sample class probabilities, a label score, and a ``Novelty`` (a score and the rows it
+declares anomalies). What differs between the two settings is only where that evidence comes from:
 
-- Label evidence: a classifier fitted on the clean validation rows' penultimate features predicts each
-  training row out of sample (``clean_reference``: 1 - p(observed label)); fused by rank with AUM, the
-  training-dynamics margin. Its argmax is the suggested label.
-- Novelty evidence, in the input space and in the penultimate space: the distance to the k nearest
-  validation rows (outliers are far from everything), and its ratio to the distance to the k nearest
-  other training rows (far-clustered anomalies sit in a dense cluster of their own that no validation
-  row shares). The same statistics of validation rows (against the other validation rows and the
-  training rows) are their null distribution, so each training row gets an empirical p-value
-  (Bonferroni over spaces and statistics). How many rows are anomalies is estimated twice and the larger
-  kept: Benjamini-Hochberg's discoveries at ``FDR``, and the excess of small p-values over what the null
-  expects (at several levels, less two standard deviations); the most novel rows are declared. A few
-  rows beyond the null (as under pure label noise) declare none, a cluster of them declares them all.
-- Suspicion: declared anomalies first (by their statistic), then every other row by its label evidence.
+- **A clean reference** (the study's validation split): ``reference_novelty`` turns distances to the
+  validation rows into empirical p-values against the validation rows' own statistics, and the
+  probabilities come from a classifier fitted on those rows (``clean_reference_probabilities``).
+- **No clean reference** (``influence-signals debug``: every cross-fitting fold holds the same glitches):
+  the probabilities are the cross-fitted models' own out-of-sample ones, and ``robust_novelty`` compares
+  each row with the bulk of the data itself. Its null is fitted where anomalies are not (the robust centre
+  and scale of the log kNN distance, an exponential tail fitted between 1 and 3 robust sd), so anomalies
+  in the reference rows cannot absorb it; rows whose local false-discovery rate under that tail is low
+  are declared.
 
-Measured on the default grid (README, fig6) against every single signal and cleanlab.
+Mislabels are flagged by an estimated count, not on every disagreement: confident learning's calibrated
+estimate of the noise rate (``mislabel_count``, cleanlab's confident joint) fixes how many rows, the label
+score which. Declared anomalies rank first (by novelty), every other row by its label score. Measured in
+``benchmarks/detection_benchmark.py`` (README) against cleanlab, Datalab, Isolation Forest, LOF and kNN.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize_scalar
 from scipy.stats import rankdata
-
-if TYPE_CHECKING:
-    from .signals import SignalInputs
 
 FDR = 0.2
 NEIGHBOURS = 5
+WINSOR_SD = 8.0
+"""Standardised features are clipped at +/- this many sd before distances: without it one near-constant
+column (a pixel that is almost always 0) lets its rare natural values dominate every distance (digits:
+kNN top-k precision on shifted rows 0.96, clipped 1.00)."""
+TAIL_BAND = (1.0, 3.0)
+"""Robust z range where the clean bulk's right tail is fitted: beyond the centre, before the anomalies."""
+LFDR_WINDOW = 0.5  # half-width (robust sd) of the window in which observed and expected counts are compared
+LFDR_CUT = 0.2  # Efron's conventional cut-off: a row is declared where at most 20 % of its neighbourhood is null
+VERDICT_COLUMNS = ("row", "suspicion", "glitch_type", "suggested_label", "confidence", "label_score", "novelty",
+                   "novelty_p")
 
 
 def percentile(values: np.ndarray) -> np.ndarray:
@@ -38,19 +47,92 @@ def percentile(values: np.ndarray) -> np.ndarray:
     return np.asarray(rankdata(values) / len(values))
 
 
-def clean_reference_probabilities(inputs: SignalInputs) -> np.ndarray:
-    """P(class | penultimate features) for training rows, from a classifier fitted on the clean validation rows."""
+@dataclass(frozen=True)
+class Novelty:
+    """How novel each row is (``score``, higher = more), which rows are declared anomalies, and a p-value."""
+
+    score: np.ndarray
+    declared: np.ndarray
+    p_values: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# Label evidence
+
+
+def class_thresholds(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """Confident learning's per-class thresholds t_c: the mean p(c) over rows labelled c (1 where absent)."""
+    thresholds = np.ones(pred_probs.shape[1])
+    for c in np.unique(labels):
+        thresholds[c] = pred_probs[labels == c, c].mean()
+    return np.maximum(thresholds, 1e-12)
+
+
+def label_score(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """max_{c != y} (p_c - t_c) - (p_y - t_y): the margin of the best other class over the observed one,
+    each measured against its class's threshold (higher = more likely mislabelled).
+
+    Thresholds make it class-aware, as confident learning's confident joint is: where one class is
+    flipped into another, the flipped rows' p(y) is low for *their* class even when other classes' rows
+    are less certain overall. Top-k precision on the benchmark's label noise, averaged: 0.85 against 0.82
+    for 1 - p(y) and 0.82 for the plain margin (35 sets; class-dependent noise gained most).
+    """
+    rows = np.arange(len(labels))
+    adjusted = pred_probs - class_thresholds(labels, pred_probs)
+    observed = adjusted[rows, labels].copy()
+    adjusted[rows, labels] = -np.inf
+    return np.asarray(adjusted.max(1) - observed)
+
+
+def label_evidence(labels: np.ndarray, pred_probs: np.ndarray, training_loss: np.ndarray | None = None) -> np.ndarray:
+    """``label_score`` fused by rank with the row's loss while in training, where given.
+
+    The two disagree usefully: held-out probabilities judge a row by models that never saw it, its training
+    loss by how hard the models found it to fit (a wrong label is learnt last). The mean of their percentiles
+    raised top-k precision on the benchmark's label noise from 0.84 to 0.85 on average (44 sets) and lost
+    nowhere by more than 0.10, where either alone lost up to 0.15.
+    """
+    score = label_score(labels, pred_probs)
+    return score if training_loss is None else (percentile(score) + percentile(training_loss)) / 2
+
+
+def suggested_labels(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """The most probable class other than the observed one: the repair if the row is mislabelled."""
+    others = pred_probs.copy()
+    others[np.arange(len(labels)), labels] = -np.inf
+    return np.asarray(others.argmax(1))
+
+
+def mislabel_count(labels: np.ndarray, pred_probs: np.ndarray) -> int:
+    """How many rows are mislabelled: confident learning's calibrated estimate (1 - trace of the estimated
+    joint of observed and true labels, times n; cleanlab's ``num_label_issues``)."""
+    from cleanlab.count import num_label_issues
+
+    present = np.unique(labels)
+    if len(present) < 2:
+        return 0
+    remap = np.searchsorted(present, labels)  # cleanlab wants every class 0..C-1 present
+    probs = pred_probs[:, present] / np.maximum(pred_probs[:, present].sum(1, keepdims=True), 1e-12)
+    return int(num_label_issues(remap, probs, estimation_method="off_diagonal_calibrated"))
+
+
+def clean_reference_probabilities(train_features: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
+                                  n_classes: int) -> np.ndarray:
+    """P(class | features) for training rows, from a classifier fitted on the clean validation rows."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    train_features, val_features = inputs.features
-    present = np.unique(inputs.y_val)
+    present = np.unique(val_labels)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    model.fit(val_features, inputs.y_val)
-    probabilities = np.zeros((len(train_features), inputs.n_classes))
+    model.fit(val_features, val_labels)
+    probabilities = np.zeros((len(train_features), n_classes))
     probabilities[:, present] = model.predict_proba(train_features)
     return probabilities
+
+
+# ----------------------------------------------------------------------------------------------
+# Novelty against a clean reference
 
 
 def density_statistics(train: np.ndarray, val: np.ndarray, k: int = NEIGHBOURS
@@ -96,41 +178,151 @@ def excess_count(p_values: np.ndarray, levels: tuple[float, ...] = (0.01, 0.02, 
     return max(0, *(int((p_values <= t).sum() - n * t - z * np.sqrt(n * t * (1 - t))) for t in levels))
 
 
+def top_rows(score: np.ndarray, count: int) -> np.ndarray:
+    """A mask of the ``count`` highest scores (ties to the lower row index)."""
+    chosen = np.zeros(len(score), dtype=bool)
+    chosen[np.argsort(-score, kind="stable")[:count]] = True
+    return chosen
+
+
 def declared_anomalies(score: np.ndarray, p_values: np.ndarray) -> np.ndarray:
     """The ``count`` most novel rows, ``count`` the larger of the BH discoveries and the excess estimate."""
-    count = max(int(benjamini_hochberg(p_values).sum()), excess_count(p_values))
-    declared = np.zeros(len(score), dtype=bool)
-    declared[np.argsort(-score, kind="stable")[:count]] = True
-    return declared
+    return top_rows(score, max(int(benjamini_hochberg(p_values).sum()), excess_count(p_values)))
 
 
-def novelty(inputs: SignalInputs) -> tuple[np.ndarray, np.ndarray]:
-    """A novelty score (higher = more novel; -log of the combined p-value, ties broken by the raw p-values)
-    and the Bonferroni-combined empirical p-value."""
-    spaces = [inputs.features]
-    if inputs.data is not None:
-        spaces.append(tuple(a.reshape(len(a), -1) for a in inputs.data))  # type: ignore[arg-type]
+def reference_novelty(spaces: list[tuple[np.ndarray, np.ndarray]]) -> Novelty:
+    """Novelty of training rows against clean reference rows, in each space given as (train, reference).
+
+    For each space the distance to the k nearest reference rows (outliers are far from everything) and its
+    ratio to the distance to the k nearest other training rows (far-clustered anomalies sit in a dense
+    cluster of their own that no reference row shares) get empirical p-values against the same statistics
+    of the reference rows, combined by Bonferroni. How many rows are anomalies is estimated twice and the
+    larger kept: Benjamini-Hochberg's discoveries at ``FDR``, and the excess of small p-values over what
+    the null expects; the most novel rows are declared.
+    """
     p_values = [empirical_p_values(statistic, null) for train, val in spaces
                 for statistic, null in density_statistics(train, val)]
     combined = np.minimum(1.0, np.min(p_values, axis=0) * len(p_values))
-    return -np.log(combined) + 1e-3 * percentile(-np.min(p_values, axis=0)), combined
+    score = -np.log(combined) + 1e-3 * percentile(-np.min(p_values, axis=0))  # ties broken by the raw p-values
+    return Novelty(score, declared_anomalies(score, combined), combined)
 
 
-def detect(inputs: SignalInputs) -> pd.DataFrame:
-    """Every training row's suspicion, glitch type (mislabel / anomaly / none), suggested label and confidence."""
-    from .baselines import area_under_margin
+# ----------------------------------------------------------------------------------------------
+# Novelty without a clean reference
 
-    probabilities = inputs.reference_probabilities
-    rows = np.arange(len(inputs.y_train))
-    p_observed = probabilities[rows, inputs.y_train]
-    label_evidence = (percentile(1 - p_observed) + percentile(area_under_margin(inputs.logits, inputs.y_train))) / 2
-    statistic, p_values = inputs.novelty
-    anomalous = declared_anomalies(statistic, p_values)
-    suspicion = np.where(anomalous, 2 + percentile(statistic), label_evidence) / 3
-    suggested = probabilities.argmax(1)
-    mislabel = ~anomalous & (suggested != inputs.y_train)
+
+def winsorised(x: np.ndarray, limit: float = WINSOR_SD) -> np.ndarray:
+    """Each column standardised (mean, sd; constant columns centred only) and clipped at +/- ``limit`` sd."""
+    flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    sd = flat.std(0)
+    sd[sd == 0] = 1.0
+    return np.asarray(np.clip((flat - flat.mean(0)) / sd, -limit, limit))
+
+
+def knn_log_distance(x: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """log of the mean distance to a row's k nearest other rows."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = max(1, min(k, len(x) - 1))
+    distances = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)[0][:, 1:].mean(1)
+    floor = max(float(np.median(distances)) * 1e-6, 1e-12)  # duplicates: distance 0, log finite
+    return np.asarray(np.log(distances + floor))
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(v - median) / scale, scale 1.4826 MAD (else IQR / 1.349, else sd, else 1): anomalies in the upper
+    tail barely move it, whatever their share below one half."""
+    centre = np.median(values)
+    for scale in (1.4826 * np.median(np.abs(values - centre)),
+                  float(np.subtract(*np.percentile(values, [75, 25]))) / 1.349, float(values.std())):
+        if scale > 1e-12:
+            return np.asarray((values - centre) / scale)
+    return np.zeros(len(values))
+
+
+def tail_scale(z: np.ndarray, band: tuple[float, float] = TAIL_BAND) -> float:
+    """Maximum-likelihood scale b of an exponential tail P(z > t) ~ exp(-(t - lo) / b), fitted to the rows
+    inside ``band`` = [lo, hi) only (a truncated exponential), so rows beyond hi cannot inflate it."""
+    lo, hi = band
+    inside = z[(z >= lo) & (z < hi)] - lo
+    if len(inside) < 5:
+        return 1.0  # too few rows to fit: about a Gaussian's tail scale over this band
+
+    def negative_log_likelihood(scale: float) -> float:
+        return float(len(inside) * (np.log(scale) + np.log1p(-np.exp(-(hi - lo) / scale))) + inside.sum() / scale)
+
+    return float(minimize_scalar(negative_log_likelihood, bounds=(0.05, 10.0), method="bounded").x)
+
+
+def tail_p_values(z: np.ndarray, scale: float, band: tuple[float, float] = TAIL_BAND) -> np.ndarray:
+    """P(a clean row's z >= z_i): the empirical share below ``band``'s start, the fitted tail beyond it."""
+    lo = band[0]
+    share_beyond = max(float((z >= lo).mean()), 1.0 / len(z))
+    empirical = (len(z) - np.searchsorted(np.sort(z), z, side="left")) / len(z)
+    return np.where(z >= lo, share_beyond * np.exp(-(z - lo) / scale), empirical)
+
+
+def local_fdr(z: np.ndarray, scale: float, band: tuple[float, float] = TAIL_BAND, window: float = LFDR_WINDOW
+              ) -> np.ndarray:
+    """Efron's local false-discovery rate of each row: the count the fitted tail expects within +/- ``window``
+    of its z, over the count observed there (1 below ``band``'s start + window, where the null is the data).
+
+    A few natural outliers are about as many as the tail expects (lfdr near 1); a group of anomalies is far
+    more than it expects (lfdr near 0), and so is a single row far beyond the tail.
+    """
+    lo = band[0]
+    beyond_lo = float((z >= lo).sum())
+    ordered = np.sort(z)
+    start, stop = np.maximum(z - window, lo), z + window
+    expected = beyond_lo * (np.exp(-(start - lo) / scale) - np.exp(-(stop - lo) / scale))
+    observed = np.searchsorted(ordered, stop, side="right") - np.searchsorted(ordered, start, side="left")
+    return np.asarray(np.where(z >= lo + window, np.minimum(1.0, expected / np.maximum(observed, 1)), 1.0))
+
+
+def robust_novelty(spaces: list[np.ndarray], k: int = NEIGHBOURS) -> Novelty:
+    """Novelty of every row against the rest of the data, with no clean reference: in each space the
+    robust z of the log kNN distance (rows winsorised and standardised first), the largest over spaces.
+
+    Rows whose local false-discovery rate under the bulk's fitted exponential tail is below ``LFDR_CUT``
+    are declared anomalies. On the benchmark's feature anomalies (5 % of rows, features 5 sd out) this
+    declared 100 % of them, with 0 to 2 clean rows declared per set; with no anomalies, 0 to 2 rows.
+    """
+    z = np.max([robust_z(knn_log_distance(winsorised(space), k)) for space in spaces], axis=0)
+    scale = tail_scale(z)
+    return Novelty(z, local_fdr(z, scale) < LFDR_CUT, tail_p_values(z, scale))
+
+
+# ----------------------------------------------------------------------------------------------
+# The verdict
+
+
+def verdict(labels: np.ndarray, pred_probs: np.ndarray, novelty: Novelty, score: np.ndarray | None = None,
+            training_loss: np.ndarray | None = None) -> pd.DataFrame:
+    """Every row's suspicion (its percentile in the ranking, 1 = most suspicious), glitch type (mislabel /
+    anomaly / none), suggested label and confidence.
+
+    Declared anomalies are set aside first: their probabilities say nothing about their labels, so the
+    label evidence (``score``, default ``label_evidence`` of the probabilities and ``training_loss``) and
+    the count of mislabels (``mislabel_count``) come from the other rows. Suspicion puts declared anomalies first (by novelty), then every row by its label
+    evidence; the suggested label is the most probable other class (-1 for anomalies, which have no class
+    to repair to).
+    """
+    labels = np.asarray(labels)
+    rows = np.arange(len(labels))
+    anomalous = novelty.declared
+    kept = ~anomalous
+    if score is None:
+        score = np.full(len(labels), -np.inf)
+        if kept.any():
+            score[kept] = label_evidence(labels[kept], pred_probs[kept],
+                                         None if training_loss is None else training_loss[kept])
+    count = mislabel_count(labels[kept], pred_probs[kept]) if kept.any() else 0
+    mislabel = top_rows(np.where(anomalous, -np.inf, score), count) & kept
+    suggested = suggested_labels(labels, pred_probs)
+    suspicion = percentile(np.where(anomalous, 2 + percentile(novelty.score), percentile(score)))
     glitch_type = np.where(anomalous, "anomaly", np.where(mislabel, "mislabel", "none"))
-    confidence = np.where(anomalous, 1 - p_values, np.where(mislabel, probabilities[rows, suggested], p_observed))
-    return pd.DataFrame({"row": rows, "suspicion": suspicion, "glitch_type": glitch_type,
-                         "suggested_label": np.where(anomalous, -1, suggested), "confidence": confidence,
-                         "novelty_p": p_values})
+    confidence = np.where(anomalous, 1 - novelty.p_values,
+                          np.where(mislabel, pred_probs[rows, suggested], pred_probs[rows, labels]))
+    columns = (rows, suspicion, glitch_type, np.where(anomalous, -1, suggested), confidence, score, novelty.score,
+               novelty.p_values)
+    return pd.DataFrame(dict(zip(VERDICT_COLUMNS, columns)))

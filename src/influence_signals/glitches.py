@@ -243,13 +243,13 @@ def stripe(images: np.ndarray) -> np.ndarray:
 
 
 def outliers(train: DataSet, ratio: float, rng: np.random.Generator, corruptions: Sequence[str] = IMAGE_CORRUPTIONS,
-             severity: int = 5, tabular_shift: float = 6.0) -> GlitchResult:
+             severity: int = 5, tabular_shift: float = 6.0, feature_share: float = 0.5) -> GlitchResult:
     """Corrupt chosen rows in feature space; labels stay as they are.
 
     Images get one of ``corruptions`` each (drawn at random): brightness at the benchmark's ``severity``
-    (1-5; see ``brightness_amount``) or MNIST-C's stripe. Tabular rows get a random half of their
-    (standardised) features shifted by +/- ``tabular_shift`` standard deviations: far from the data but
-    of the same kind, like a sensor fault or a unit error.
+    (1-5; see ``brightness_amount``) or MNIST-C's stripe. Tabular rows get a random ``feature_share`` of
+    their (standardised) features (at least one) shifted by +/- ``tabular_shift`` standard deviations: far
+    from the data but of the same kind, like a sensor fault or a unit error.
     """
     rows = np.sort(rng.choice(len(train.y), glitch_count(ratio, len(train.y)), replace=False))
     x = train.x.copy()
@@ -267,7 +267,7 @@ def outliers(train: DataSet, ratio: float, rng: np.random.Generator, corruptions
     else:
         n_features = x.shape[1]
         for row in rows:
-            cols = rng.choice(n_features, max(1, n_features // 2), replace=False)
+            cols = rng.choice(n_features, max(1, int(n_features * feature_share)), replace=False)
             x[row, cols] += rng.choice([-tabular_shift, tabular_shift], size=len(cols)).astype(np.float32)
         kinds[rows] = "outlier:shift"
     glitched = kinds != "none"
@@ -315,7 +315,8 @@ GLITCHES.add(GlitchType(
     name="outlier", label="Outliers", inject=outliers, kind="anomaly",
     options={"corruptions": {"type": "array", "minItems": 1, "items": {"enum": list(IMAGE_CORRUPTIONS)}},
              "severity": {"type": "integer", "minimum": 1, "maximum": 5, "default": 5},
-             "tabular_shift": {"type": "number", "exclusiveMinimum": 0, "default": 6.0}}))
+             "tabular_shift": {"type": "number", "exclusiveMinimum": 0, "default": 6.0},
+             "feature_share": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5}}))
 GLITCHES.add(GlitchType(name="none", label="No glitch", inject=no_glitch, kind="none", uses_ratio=False))
 
 

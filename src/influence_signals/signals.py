@@ -31,6 +31,8 @@ from .registry import Entry, Registry
 if TYPE_CHECKING:
     import torch
 
+    from .detector import Novelty
+
 INPUTS = ("class_sums", "class_masses", "self_influence", "features", "logits", "relabelled", "data")
 
 
@@ -176,20 +178,30 @@ class SignalInputs:
         """P(class | features) of training rows from a classifier fitted on the validation rows (fitted once)."""
         from .detector import clean_reference_probabilities
 
-        return clean_reference_probabilities(self)
+        train_features, val_features = self.features
+        return clean_reference_probabilities(train_features, val_features, self.y_val, self.n_classes)
 
     @cached_property
-    def novelty(self) -> tuple[np.ndarray, np.ndarray]:
-        """The detector's novelty score and p-values (the kNN searches run once)."""
-        from .detector import novelty
+    def novelty(self) -> Novelty:
+        """Novelty against the validation rows, in the penultimate and (where given) the input space."""
+        from .detector import reference_novelty
 
-        return novelty(self)
+        spaces = [self.features]
+        if self.data is not None:
+            spaces.append((self.data[0].reshape(len(self.data[0]), -1), self.data[1].reshape(len(self.data[1]), -1)))
+        return reference_novelty(spaces)
 
     @cached_property
     def detections(self) -> pd.DataFrame:
-        from .detector import detect
+        """The detector's verdict with the validation split as its clean reference: label evidence is the
+        reference classifier's 1 - p(observed label) fused by rank with AUM (the training-dynamics margin)."""
+        from .baselines import area_under_margin
+        from .detector import percentile, verdict
 
-        return detect(self)
+        probabilities = self.reference_probabilities
+        p_observed = probabilities[np.arange(len(self.y_train)), self.y_train]
+        evidence = (percentile(1 - p_observed) + percentile(area_under_margin(self.logits, self.y_train))) / 2
+        return verdict(self.y_train, probabilities, self.novelty, score=evidence)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +212,7 @@ class Signal(Entry):
     kind: Literal["influence", "dynamics", "novelty", "baseline", "detector"]
     of_view: Callable[[View], np.ndarray] | None = None  # influence signals: also per checkpoint ("<name>_first")
     of_inputs: Callable[[SignalInputs], np.ndarray] | None = None
+    clean_reference: bool = False  # treats the validation rows as clean: meaningless where they are not (debug)
 
     def __post_init__(self) -> None:
         if (self.of_view is None) == (self.of_inputs is None):
@@ -293,22 +306,28 @@ _add(Signal(name="si_slope", label="SI slope", needs=("self_influence",), kind="
             of_inputs=lambda i: slope(i.unweighted_self_influence)))
 _add(Signal(name="knn_distance", label="kNN distance", needs=("features",), kind="novelty", of_inputs=knn_distance))
 _add(Signal(name="grad_norm", label="Gradient norm", needs=("features", "logits"), kind="novelty", of_inputs=grad_norm))
-_add(Signal(name="loss", label="Loss", needs=("logits",), kind="baseline",
+_add(Signal(name="loss", label="Loss", needs=("logits",), kind="dynamics",
             of_inputs=lambda i: _baselines().final_loss(i.logits[-1], i.y_train)))
-_add(Signal(name="aum", label="AUM", needs=("logits",), kind="baseline",
+_add(Signal(name="aum", label="AUM", needs=("logits",), kind="dynamics",
             of_inputs=lambda i: _baselines().area_under_margin(i.logits, i.y_train)))
 _add(Signal(name="confident_learning", label="Confident learning", needs=("features",), kind="baseline",
             of_inputs=lambda i: _baselines().confident_learning(i.features[0], i.y_train, i.n_classes, i.seed)))
 _add(Signal(name="isolation_forest", label="Isolation Forest", needs=("features",), kind="baseline",
             of_inputs=lambda i: _baselines().isolation_forest(i.features[0], i.seed)))
 _add(Signal(name="clean_reference", label="Clean-reference classifier", needs=("features",), kind="novelty",
-            of_inputs=lambda i: 1 - i.reference_probabilities[np.arange(len(i.y_train)), i.y_train]))
+            clean_reference=True, of_inputs=lambda i: 1 - i.reference_probabilities[np.arange(len(i.y_train)), i.y_train]))
 _add(Signal(name="novelty", label="Reference novelty", needs=("features", "data"), kind="novelty",
-            of_inputs=lambda i: i.novelty[0]))
+            clean_reference=True, of_inputs=lambda i: i.novelty.score))
 _add(Signal(name="detector", label="Detector (ours)", needs=("features", "logits", "data"), kind="detector",
-            of_inputs=lambda i: i.detections["suspicion"].to_numpy()))
+            clean_reference=True, of_inputs=lambda i: i.detections["suspicion"].to_numpy()))
 
 FIRST_SUFFIX = "_first"  # "<signal>_first": the signal from the first checkpoint alone (the study's early-epoch view)
+
+
+def cross_fitted_names() -> list[str]:
+    """What a cross-fitted run on a user's data computes: no signal that treats the validation rows as clean
+    (they hold the user's glitches too), and no baseline detector (the detector combines the runs itself)."""
+    return [s.name for s in SIGNALS if not s.clean_reference and s.kind != "baseline"]
 
 
 def per_checkpoint_names(names: Sequence[str] | None = None) -> list[str]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import datasets, glitches, metrics, signals
+from . import datasets, detector, glitches, metrics, signals
 from .artifacts import load_npz, save_npz, write_csv
 from .factors import FactorStore
 
@@ -139,9 +139,10 @@ def compute_signals(factors: str, train_set: str, val_set: str, seed: int, row_b
     table, per_checkpoint, stepwise = signals.compute(inputs, chosen)
     table.insert(1, "id", train_data.ids)
     table.insert(2, "observed_label", store.y_train)
-    verdict = inputs.detections.copy()
-    verdict.insert(1, "id", train_data.ids)
-    verdict.insert(2, "observed_label", store.y_train)
+    # the verdict needs a clean reference: a run on a user's data (no detector selected) writes only its header
+    verdict = inputs.detections.copy() if "detector" in chosen else pd.DataFrame(columns=detector.VERDICT_COLUMNS)
+    verdict.insert(1, "id", train_data.ids if len(verdict) else [])
+    verdict.insert(2, "observed_label", store.y_train if len(verdict) else [])
     write_csv(scores, table)
     write_csv(detections, verdict)
     save_npz(per_epoch, scores=per_checkpoint, signals=np.array(stepwise), epochs=np.array(store.meta.epochs))
