@@ -17,7 +17,8 @@ stages in one process, without Snakemake's start-ups). The baselines see the sam
 ``find_label_issues`` on 5-fold out-of-sample probabilities from HistGradientBoosting and from logistic
 regression (standardised features), Datalab's label and outlier issues with each of those probabilities
 and the standardised features, and Isolation Forest, LOF and the mean distance to the 5 nearest rows on
-the standardised features. Baseline results are cached per case (``<out>/cases/<case>/baselines.json``).
+the standardised features. Baseline results are cached per case (``<out>/cases/<case>/baselines.json``), and
+so is each case's scored result, reused only for the same table and the same package source (``rows.json``).
 
 Scored per case and target (``mislabel``: the clean and mislabelled rows; ``anomaly``: the clean and
 anomalous rows; a mixture has both): top-k precision (k = the target's count; the detector's overall
@@ -34,6 +35,7 @@ import argparse
 import hashlib
 import json
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,7 +121,10 @@ def run_detector(csv: Path, out: Path) -> tuple[pd.DataFrame, float]:
     seconds = time.perf_counter() - started
     if code != 0:
         raise RuntimeError(f"debug failed on {csv} (exit {code})")
-    return pd.read_csv(out / "suspects.csv", dtype={"id": str, "observed_label": str, "suggested_label": str}), seconds
+    suspects = pd.read_csv(out / "suspects.csv", dtype={"id": str, "observed_label": str, "suggested_label": str},
+                           keep_default_na=False)
+    shutil.rmtree(out / "results")  # the runs' checkpoints and factors: hundreds of MB per case, read by nobody here
+    return suspects, seconds
 
 
 def out_of_sample(x: np.ndarray, y: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
@@ -281,7 +286,7 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def markdown(table: pd.DataFrame, seeds: int, seconds: float) -> str:
+def markdown(table: pd.DataFrame, seeds: int, seconds: float, variants: pd.DataFrame | None = None) -> str:
     names = {"cleanlab_lr": "cleanlab (LR)", "cleanlab_hgb": "cleanlab (HGB)", "datalab_lr": "Datalab (LR)",
              "datalab_hgb": "Datalab (HGB)", "isolation_forest": "Isolation Forest", "lof": "LOF", "knn": "kNN"}
     fmt = lambda v: "" if pd.isna(v) else f"{v:.2f}"  # noqa: E731
@@ -302,7 +307,112 @@ def markdown(table: pd.DataFrame, seeds: int, seconds: float) -> str:
     checks = {"top-k": table["top_k_ok"], "flagged F1 >= Datalab": table["f1_ok"], "count within 30 %": table["count_ok"]}
     lines += ["", "✗: a check that fails. Checks passed: " + "; ".join(f"{name} {int(v.sum())} of {len(v)}"
                                                                       for name, v in checks.items()) + "."]
+    if variants is not None and len(variants):
+        lines += ["", "What each design choice is worth: the detector's alternatives recomputed from each case's "
+                  "held-out probabilities (`pred_probs.csv`) and table, mean over the cases with that glitch kind "
+                  "(label: mislabel rows; novelty: anomaly rows):", "",
+                  "| part | variant | top-k | flagged F1 | cases |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {v.part} | {v.variant} | {v.top_k:.3f} | {v.f1:.3f} | {v.cases} |" for v in variants.itertuples()]
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# What each design choice is worth: variants recomputed from a case's held-out probabilities
+
+
+def label_variants(labels: np.ndarray, probs: np.ndarray, loss: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(ranking score, flags) of the label evidence the detector could have used, on the rows it keeps."""
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
+
+    from influence_signals import detector
+
+    rows = np.arange(len(labels))
+    others = probs.copy()
+    others[rows, labels] = -np.inf
+    count = detector.mislabel_count(labels, probs)
+    ours = detector.label_evidence(labels, probs, loss)
+    variants = {"1 - p(observed)": 1 - probs[rows, labels], "margin": others.max(1) - probs[rows, labels],
+                "threshold margin": detector.label_score(labels, probs), "threshold margin + training loss": ours}
+    out = {name: (score, detector.top_rows(score, count)) for name, score in variants.items()}
+    out["ours, flagged by cleanlab's find_label_issues"] = (ours, find_label_issues(labels, probs))
+    out["ours, flagged by the uncalibrated count"] = (ours, detector.top_rows(ours, int(num_label_issues(labels, probs))))
+    return out
+
+
+def novelty_variants(x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(score, declared) of the novelty the detector could have used."""
+    from influence_signals import detector
+
+    raw = detector.robust_z(detector.knn_log_distance(detector.winsorised(x, np.inf)))
+    z = detector.robust_z(detector.knn_log_distance(detector.winsorised(x)))
+    scale = detector.tail_scale(z)
+    p_values = detector.tail_p_values(z, scale)
+    return {"kNN, not clipped": (raw, detector.local_fdr(raw, detector.tail_scale(raw)) < detector.LFDR_CUT),
+            "kNN clipped at 8 sd, local FDR (ours)": (z, detector.local_fdr(z, scale) < detector.LFDR_CUT),
+            "kNN clipped, Benjamini-Hochberg on tail p-values": (z, detector.benjamini_hochberg(p_values, 0.1)),
+            "kNN clipped, robust z > 3.5": (z, z > 3.5)}
+
+
+def ablation(out: Path) -> pd.DataFrame:
+    """Mean top-k precision and flagged F1 of each variant over the cases in ``out`` (their stored files)."""
+    rows = []
+    for case in sorted((out / "cases").glob("*")):
+        if not (case / "debug" / "pred_probs.csv").exists() or not (case / "truth.csv").exists():
+            continue
+        truth = pd.read_csv(case / "truth.csv", dtype={"id": str}, keep_default_na=False)
+        probs_table = pd.read_csv(case / "debug" / "pred_probs.csv", dtype={"id": str}, keep_default_na=False)
+        suspects = pd.read_csv(case / "debug" / "suspects.csv", dtype={"id": str}, keep_default_na=False).set_index("id")
+        frame = pd.read_csv(case / "data.csv", dtype={"key": str}, keep_default_na=False).set_index("key")
+        ids = probs_table["id"].to_numpy()
+        kind = truth.set_index("id").loc[ids, "kind"].to_numpy()
+        classes = list(probs_table.columns[2:])
+        labels = np.searchsorted(classes, probs_table["observed_label"].astype(str).to_numpy())
+        probs = probs_table[classes].to_numpy()
+        kept = kind != "anomaly"  # as the detector does with the rows it declares
+        if (kind == "mislabel").any():
+            loss = suspects.loc[ids, "loss"].to_numpy()
+            target = (kind == "mislabel")[kept]
+            for name, (score, flags) in label_variants(labels[kept], probs[kept], loss[kept]).items():
+                rows.append({"part": "label", "variant": name, "top_k": top_k_precision(score, target),
+                             "f1": flag_quality(flags, target)["f1"]})
+        if (kind == "anomaly").any():
+            x = frame.loc[ids].drop(columns=["label"]).to_numpy(np.float64)
+            kept = kind != "mislabel"
+            target = (kind == "anomaly")[kept]
+            for name, (score, declared) in novelty_variants(x).items():
+                rows.append({"part": "novelty", "variant": name, "top_k": top_k_precision(score[kept], target),
+                             "f1": flag_quality(declared[kept], target)["f1"]})
+    table = pd.DataFrame(rows)
+    return table.groupby(["part", "variant"], sort=False).agg(top_k=("top_k", "mean"), f1=("f1", "mean"),
+                                                              cases=("f1", "size")).reset_index()
+
+
+def code_digest() -> str:
+    """A hash of the package's source: a case's detector result is reused only for the very same code."""
+    import influence_signals
+
+    package = Path(influence_signals.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".j2")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def detector_rows(frame: pd.DataFrame, truth: pd.DataFrame, case: Path, code: str) -> list[dict[str, Any]]:
+    """The case's scored rows, from ``case/rows.json`` when made from this table and code, else computed."""
+    key = {"data": hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest(), "code": code}
+    path = case / "rows.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored["key"] == key:
+            return list(stored["rows"])
+    frame.to_csv(case / "data.csv", index=False)
+    truth.to_csv(case / "truth.csv", index=False)
+    suspects, seconds = run_detector(case / "data.csv", case / "debug")
+    rows = score_case(suspects, cached_baselines(frame, case), truth, seconds)
+    path.write_text(json.dumps({"key": key, "rows": rows}, default=float))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -313,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/detection_benchmark"), help="work folder")
     parser.add_argument("--no-write", action="store_true", help="print the summary; leave benchmarks/ as it is")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
+    started, code = time.perf_counter(), code_digest()
     rows = []
     for name in args.sets:
         for scenario in args.scenarios:
@@ -321,15 +431,12 @@ def main(argv: list[str] | None = None) -> None:
                 case = args.out / "cases" / f"{name}_{scenario}_{seed}"
                 case.mkdir(parents=True, exist_ok=True)
                 frame, truth = make_case(name, scenario, seed)
-                frame.to_csv(case / "data.csv", index=False)
-                suspects, seconds = run_detector(case / "data.csv", case / "debug")
-                baselines = cached_baselines(frame, case)
-                for row in score_case(suspects, baselines, truth, seconds):
-                    rows.append({"set": name, "scenario": scenario, "seed": seed, **row})
-                print(f"{name} {scenario} seed {seed}: {seconds:.0f} s", flush=True)
+                scored = detector_rows(frame, truth, case, code)
+                rows.extend({"set": name, "scenario": scenario, "seed": seed, **row} for row in scored)
+                print(f"{name} {scenario} seed {seed}: detector {scored[0]['seconds']:.0f} s", flush=True)
     results = pd.DataFrame(rows)
     table = summary(results)
-    text = markdown(table, args.seeds, time.perf_counter() - started)
+    text = markdown(table, args.seeds, time.perf_counter() - started, ablation(args.out))
     print(text)
     if not args.no_write:
         results.to_csv(RESULTS_CSV, index=False, float_format="%.4g")

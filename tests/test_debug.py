@@ -64,6 +64,15 @@ def test_every_row_is_scored_once_per_seed_and_fold_with_its_id_and_no_id_featur
     assert set(train.ids) <= set(truth.index)
 
 
+def test_pred_probs_csv_holds_the_held_out_probabilities_of_every_row(table_run):
+    out, truth = table_run
+    probs = pd.read_csv(out / "pred_probs.csv", dtype={"id": str})
+    assert list(probs.columns) == ["id", "observed_label", *CLASSES] and sorted(probs["id"]) == sorted(truth.index)
+    np.testing.assert_allclose(probs[list(CLASSES)].sum(1), 1.0, rtol=1e-6)
+    accuracy = (probs[list(CLASSES)].to_numpy().argmax(1) == np.searchsorted(CLASSES, truth.loc[probs["id"], "true"])).mean()
+    assert accuracy >= 0.8  # held-out: models that never saw the row, trained on noisy labels
+
+
 def test_suspects_csv_columns_order_and_labels(table_run):
     out, _ = table_run
     suspects = suspects_of(out)

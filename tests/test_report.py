@@ -43,6 +43,8 @@ def test_the_script_rewrites_only_its_section(tmp_path):
     assert "Wall time of the run (Snakemake's log of its last invocation): 4 min 24 s." in text
 
 
-def test_readme_benchmark_section_is_the_benchmark_scripts_output():
+@pytest.mark.parametrize("section", sorted(report.BENCHMARK_SECTIONS))
+def test_readme_benchmark_sections_are_the_benchmark_scripts_output(section):
     readme = (ROOT / "README.md").read_text()
-    assert report.section_text(readme, "benchmark") == report.render_benchmark(ROOT / report.BENCHMARK)
+    results_md, run = report.BENCHMARK_SECTIONS[section]
+    assert report.section_text(readme, section) == report.render_benchmark(ROOT / results_md, run, section)

@@ -3,8 +3,9 @@
 ``python -m influence_signals.report readme [--section real]`` copies a run's ``summary.csv``,
 ``accuracy_summary.csv`` and per-stage benchmark times into ``docs/results/`` (or ``docs/results-real/``;
 small, committed) and rewrites the README between the section's ``<!-- NAME:start -->`` and
-``<!-- NAME:end -->`` markers from those copies; ``... report benchmark`` copies the benchmark's CPU run from
-``benchmarks/results.md``. A test re-renders each section and compares.
+``<!-- NAME:end -->`` markers from those copies; ``... report benchmark`` copies the TracIn benchmark's CPU run
+from ``benchmarks/results.md``, ``... report detection`` the detection benchmark's table from
+``benchmarks/detection_results.md``. A test re-renders each section and compares.
 """
 from __future__ import annotations
 
@@ -216,35 +217,44 @@ def update_readme(readme: Path, docs: Path, section: str = "results") -> None:
 
 BENCHMARK = Path("benchmarks/results.md")
 BENCHMARK_RUN = "cpu, full"  # the run of benchmarks/tracin_benchmark.py the README shows
+DETECTION = Path("benchmarks/detection_results.md")
 
 
-def render_benchmark(results_md: Path, run: str = BENCHMARK_RUN) -> str:
-    """The README's benchmark section: the run's section of the benchmark's results file, as written."""
+def render_benchmark(results_md: Path, run: str | None = BENCHMARK_RUN, section: str = "benchmark") -> str:
+    """A README section holding a benchmark script's results file as written: one run's ``## run`` section of
+    it, or (``run=None``) its body below the title line."""
     text = results_md.read_text()
-    if f"\n## {run}\n" not in text:
-        raise ValueError(f"{results_md} has no section '## {run}'; run benchmarks/tracin_benchmark.py first")
-    body = text.split(f"\n## {run}\n", 1)[1].split("\n## ", 1)[0].strip()
-    start, end = markers("benchmark")
-    return "\n".join([start, "", f"From `{BENCHMARK}`, section *{run}* (written by the benchmark script):", "", body,
-                      "", end])
+    if run is None:
+        body, origin = text.split("\n", 1)[1].strip(), f"From `{results_md}`"
+    elif f"\n## {run}\n" in text:
+        body, origin = text.split(f"\n## {run}\n", 1)[1].split("\n## ", 1)[0].strip(), f"From `{results_md}`, section *{run}*"
+    else:
+        raise ValueError(f"{results_md} has no section '## {run}'; run its benchmark script first")
+    start, end = markers(section)
+    return "\n".join([start, "", f"{origin} (written by the benchmark script):", "", body, "", end])
 
 
-def update_benchmark(readme: Path, results_md: Path = BENCHMARK) -> None:
+BENCHMARK_SECTIONS = {"benchmark": (BENCHMARK, BENCHMARK_RUN), "detection": (DETECTION, None)}
+
+
+def update_benchmark(readme: Path, section: str = "benchmark") -> None:
+    results_md, run = BENCHMARK_SECTIONS[section]
     text = readme.read_text()
-    write_text(readme, text.replace(section_text(text, "benchmark"), render_benchmark(results_md)))
+    write_text(readme, text.replace(section_text(text, section), render_benchmark(results_md, run, section)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m influence_signals.report")
-    parser.add_argument("command", choices=["readme", "benchmark"],
-                        help="readme: a run's results section; benchmark: the benchmark section from its results file")
+    parser.add_argument("command", choices=["readme", *BENCHMARK_SECTIONS],
+                        help="readme: a run's results section; benchmark / detection: that benchmark's section from its "
+                             "results file")
     parser.add_argument("--results", type=Path, default=Path("results"), help="a finished run's results folder")
     parser.add_argument("--section", choices=sorted(SECTIONS), default="results", help="which README section")
     parser.add_argument("--docs", type=Path, help="where the summaries are kept (default: the section's folder)")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)
-    if args.command == "benchmark":
-        update_benchmark(args.readme)
+    if args.command in BENCHMARK_SECTIONS:
+        update_benchmark(args.readme, args.command)
         return
     docs = args.docs or SECTIONS[args.section]
     collect(args.results, docs)
