@@ -164,12 +164,50 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(trained):
             training.train(model, train, val, training.TrainSettings(epochs=4, lr=0.1, batch_size=32), folder)
 
 
-def test_resuming_keeps_only_a_gap_free_prefix_of_epochs(trained):
-    model, train, val, folder = trained
+def fresh_model() -> torch.nn.Module:
+    """The ``trained`` fixture's model as it was before training: what a rerun of its job builds."""
+    torch.manual_seed(0)
+    return models.build("mlp", (4,), 2, {"n_blocks": 1, "d_block": 8})
+
+
+def test_resuming_keeps_only_a_gap_free_prefix_of_epochs(trained, caplog):
+    _, train, val, folder = trained
     partial = folder.with_name(folder.name + ".partial")
     folder.rename(partial)
     paths = checkpoints.epoch_checkpoints(partial)
     paths[1].unlink()  # epochs 1 and 3 left: only epoch 1 is a prefix
-    history = training.train(model, train, val, training.TrainSettings(epochs=3, lr=0.1, batch_size=32), folder)
+    kept = paths[0].read_bytes()
+    with caplog.at_level("INFO", logger="influence_signals"):
+        history = training.train(fresh_model(), train, val, training.TrainSettings(epochs=3, lr=0.1, batch_size=32), folder)
+    assert "resuming after epoch 1" in caplog.text and "from scratch" not in caplog.text
     assert list(history["epoch"]) == [1, 2, 3] and not partial.exists()
-    assert len(checkpoints.verified_checkpoints(folder)) == 3
+    assert len(checkpoints.verified_checkpoints(folder)) == 3 and checkpoints.epoch_checkpoints(folder)[0].read_bytes() == kept
+
+
+@pytest.mark.parametrize("change", ["lr", "data", "architecture"])
+def test_a_run_started_with_other_settings_data_or_weights_starts_over(trained, caplog, change):
+    """An interrupted run is never continued under a changed setting: its epochs would mix two runs."""
+    _, train, val, folder = trained
+    partial = folder.with_name(folder.name + ".partial")
+    folder.rename(partial)
+    checkpoints.epoch_checkpoints(partial)[2].unlink()  # killed during epoch 3
+    settings = training.TrainSettings(epochs=3, lr=0.05 if change == "lr" else 0.1, batch_size=32)
+    if change == "data":
+        train = datasets.DataSet(train.name, train.x + 1.0, train.y, train.class_names, train.modality, train.ids)
+    model = fresh_model()
+    if change == "architecture":
+        torch.manual_seed(0)
+        model = models.build("mlp", (4,), 2, {"n_blocks": 1, "d_block": 12})
+    with caplog.at_level("INFO", logger="influence_signals"):
+        history = training.train(model, train, val, settings, folder)
+    expected = {"lr": "settings", "data": "data", "architecture": "weights"}[change]
+    assert f"its {expected} changed since it was started; training from scratch" in caplog.text
+    assert "resuming after" not in caplog.text and list(history["epoch"]) == [1, 2, 3]
+    torch.manual_seed(0)
+    clean = fresh_model() if change != "architecture" else model
+    other = folder.with_name("clean")
+    if change != "architecture":
+        training.train(clean, train, val, settings, other)
+        for ours, theirs in zip(checkpoints.epoch_checkpoints(folder), checkpoints.epoch_checkpoints(other)):
+            a, b = (torch.load(p, weights_only=True)["model_state_dict"] for p in (ours, theirs))
+            assert all(torch.equal(a[k], b[k]) for k in a)  # every epoch as a clean run's: nothing of the old run

@@ -26,12 +26,15 @@ def wait_for(address: str, seconds: float = 120.0) -> None:
 
 @pytest.fixture(scope="module")
 def server():
-    address = os.path.join(tempfile.mkdtemp(), "warm.sock")  # short: a Unix socket's path has at most 107 bytes
-    warm.start(address)
-    wait_for(address)
-    yield address
+    handle = warm.start()
+    wait_for(handle.address)
+    assert os.stat(os.path.dirname(handle.address)).st_mode & 0o777 == 0o700  # a private directory
+    yield handle
     warm.stop()
-    assert not os.path.exists(address)
+    deadline = time.monotonic() + 30
+    while os.path.exists(os.path.dirname(handle.address)):
+        assert time.monotonic() < deadline, "the server left its directory behind"
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +92,10 @@ def package_copy(folder: Path, extra: str) -> Path:
     return copied
 
 
-def client(folder: Path, job: dict, address: str) -> subprocess.Popen:
+def client(folder: Path, job: dict, server: warm.Server) -> subprocess.Popen:
     """A job's own process, submitting ``job`` with the package copy at ``folder`` first on its path."""
     script = (f"import sys; sys.path.insert(0, {str(folder)!r}); from influence_signals import warm; "
-              f"sys.exit(warm.submit({job!r}, {address!r}))")
+              f"sys.exit(warm.submit({job!r}, warm.Server.decode({server.encode()!r})))")
     return subprocess.Popen([sys.executable, "-c", script])
 
 
@@ -123,7 +126,7 @@ def test_stopping_the_jobs_own_process_stops_the_job(server, tmp_path):
 
 def test_without_a_server_or_in_another_interpreter_nothing_runs_warm(server, splits, tmp_path, monkeypatch):
     job = train_job(splits, tmp_path)
-    assert warm.submit(job, str(tmp_path / "absent.sock")) is None
+    assert warm.submit(job, warm.Server(str(tmp_path / "absent.sock"), server.pid, server.token)) is None
     monkeypatch.delenv(warm.ENV, raising=False)
     assert warm.submit(job) is None
     monkeypatch.setattr(warm, "_interpreter", lambda: ("/another/python", "/another/prefix"))
@@ -132,14 +135,104 @@ def test_without_a_server_or_in_another_interpreter_nothing_runs_warm(server, sp
 
 
 def test_the_server_exits_when_the_process_that_started_it_goes(tmp_path):
-    address = os.path.join(tempfile.mkdtemp(), "warm.sock")
-    script = f"from influence_signals import warm; warm.start({address!r}); import time; time.sleep(600)"
-    parent = subprocess.Popen([sys.executable, "-c", script])
-    wait_for(address)
+    script = ("from influence_signals import warm; import sys, time; print(warm.start().encode(), flush=True); "
+              "time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    handle = warm.Server.decode(parent.stdout.readline())
+    wait_for(handle.address)
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 30
-    while os.path.exists(address):
+    while os.path.exists(os.path.dirname(handle.address)):
         assert time.monotonic() < deadline, "the server outlived the process that started it"
         time.sleep(0.2)
 
+
+def raw_request(server: warm.Server, token: str, job: dict) -> bytes:
+    """Send a request the way a client does, with ``token``; the server's one-byte-plus answer ("" if none)."""
+    import json
+    import socket
+
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.connect(server.address)
+    request = {"token": token, "job": job, "python": list(warm._interpreter()), "cwd": os.getcwd(),
+               "env": dict(os.environ), "path": list(sys.path), "argv": ["x"]}
+    data = json.dumps(request).encode()
+    socket.send_fds(connection, [warm._HEADER.pack(len(data)) + data], [0, 1, 2])
+    connection.settimeout(30)
+    answer = b""
+    try:
+        while chunk := connection.recv(64):
+            answer += chunk
+    except OSError:
+        pass
+    connection.close()
+    return answer
+
+
+def test_a_request_without_the_servers_token_runs_nothing(server, tmp_path):
+    job = {"stage": "marker", "log_file": None, "threads": 1, "kwargs": {"path": str(tmp_path / "ran.txt")}}
+    answer = raw_request(server, "not-the-token", job)
+    assert answer[:1] == b"N" and not (tmp_path / "ran.txt").exists()
+
+
+def test_another_users_connection_is_closed_before_anything_is_read(server, tmp_path):
+    """A process of another uid: the private directory stops it; opened up, the server's peer check does."""
+    if os.getuid() != 0:
+        pytest.skip("switching to another uid needs root")
+    folder = os.path.dirname(server.address)
+    script = (f"import os, socket\nos.setgid(65534); os.setuid(65534)\n"
+              f"s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+              f"try:\n    s.connect({server.address!r})\nexcept PermissionError:\n    print('refused by the folder'); raise SystemExit\n"
+              f"try:\n    s.sendall(b'\\x00\\x00\\x00\\x10' + b'x' * 16); s.settimeout(10); answer = s.recv(8)\n"
+              f"except (BrokenPipeError, ConnectionResetError):\n    answer = b''\n"
+              f"print('closed' if answer == b'' else answer)")
+    closed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert closed.stdout.strip() == "refused by the folder", closed.stderr
+    os.chmod(folder, 0o755)
+    os.chmod(server.address, 0o777)
+    try:
+        opened = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(folder, 0o700)
+    assert opened.stdout.strip() == "closed", opened.stderr  # closed unread: no fork, no answer
+
+
+def test_a_squatting_listener_receives_nothing(server, splits, tmp_path):
+    """A listener at the named path that is not the server's pid gets no environment, no streams, no job."""
+    import socket
+    import threading
+
+    squat = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squat.bind(str(tmp_path / "s.sock"))
+    squat.listen(1)
+    received = []
+
+    def accept() -> None:
+        connection, _ = squat.accept()
+        connection.settimeout(5)
+        try:
+            received.append(connection.recv(1 << 20))
+        except OSError:
+            received.append(b"")
+        connection.close()
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    job = train_job(splits, tmp_path)
+    assert warm.submit(job, warm.Server(str(tmp_path / "s.sock"), server.pid, server.token)) is None
+    thread.join(10)
+    squat.close()
+    assert received == [b""] and not (tmp_path / "checkpoints").exists()
+
+
+def test_sweep_removes_the_folders_of_killed_servers_only(server, tmp_path):
+    import socket
+
+    stale = Path(tempfile.mkdtemp(prefix=warm.PREFIX))
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale / "sock"))  # a socket file nobody listens on: what SIGKILL leaves
+    dead.close()
+    removed = warm.sweep()
+    assert str(stale) in removed and not stale.exists()
+    assert os.path.exists(server.address)  # the live server's folder stays

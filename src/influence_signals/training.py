@@ -10,6 +10,8 @@ epoch ends, from its frozen-trunk cache: no second process re-reads the data, th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -213,11 +215,48 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def _take_over(folder: Path, partial: Path) -> None:
-    """Resume from a finished run (more epochs asked) or a killed one: keep its gap-free prefix of epochs."""
+RUN_KEY = "run.json"
+
+
+def run_key(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: TrainSettings) -> dict[str, str]:
+    """What a run's checkpoints depend on besides the number of epochs: its settings, the starting weights
+    (architecture, seed, pre-trained weights), the training and validation data, and the training code."""
+    from .fingerprint import stage_fingerprint
+
+    def digest(*arrays: Any) -> str:
+        hashed = hashlib.sha256()
+        for array in arrays:
+            hashed.update(np.ascontiguousarray(array).tobytes())
+        return hashed.hexdigest()
+
+    state = model.state_dict()
+    kept = {k: v for k, v in dataclasses.asdict(settings).items() if k != "epochs"}
+    return {"settings": json.dumps(kept, sort_keys=True, default=str),
+            "weights": digest(*(state[k].cpu().numpy() for k in sorted(state)), np.array(sorted(state), dtype=str)),
+            "data": digest(train_set.x, train_set.y, val_set.x, val_set.y), "code": stage_fingerprint("train")}
+
+
+def _take_over(folder: Path, partial: Path, key: dict[str, str]) -> None:
+    """Resume from a finished run (more epochs asked) or a killed one: keep its gap-free prefix of epochs.
+
+    Only a run started with the same ``run_key`` is resumed; one started with other settings, data, weights
+    or code is removed and training starts over (logged), never continued with mixed epochs.
+    """
     if folder.exists() and not partial.exists():
         os.replace(folder, partial)
+    if partial.exists():
+        try:
+            previous = json.loads((partial / RUN_KEY).read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != key:
+            changed = sorted(k for k in key if not isinstance(previous, dict) or previous.get(k) != key[k])
+            log.info("not resuming %s: its %s changed since it was started; training from scratch",
+                     partial, ", ".join(changed))
+            shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
+    with atomic_path(partial / RUN_KEY) as tmp:
+        tmp.write_text(json.dumps(key, indent=1))
     (partial / MANIFEST).unlink(missing_ok=True)
     for stray in partial.glob(".*"):  # half-written temporary files of a killed run
         stray.unlink(missing_ok=True)
@@ -240,8 +279,9 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
     device = resolve_device(settings.device)
     trainable = set_trainable(model, settings.trainable)
     log.info("training %d parameter tensors: %s", len(trainable), ", ".join(trainable[:8]))
+    key = run_key(model, train_set, val_set, settings)
     with exclusive(folder), contextlib.ExitStack() as stack:
-        _take_over(folder, partial)
+        _take_over(folder, partial, key)
         done = epoch_checkpoints(partial)
         start_epoch, step = 1, 0
         if done:

@@ -12,14 +12,23 @@ another host (a SLURM node), one started before the server is ready, or one in a
 Snakemake's ``benchmark:`` files keep the job's wall time, but their memory and CPU columns then cover only
 the client. Set ``warm_start: false`` to measure those.
 
+Safe on a shared machine: the socket lives in a private directory (``mkdtemp``, mode 0700); the server
+reads nothing from a peer whose uid is not its own (``SO_PEERCRED``) and runs a job only with the random
+token that ``start`` handed to Snakemake's process (``$INFLUENCE_SIGNALS_WARM``: address, server pid and
+token, never the path alone); the client sends nothing to a listener that is not that very server pid of
+its own uid; requests are JSON, never pickle.
+
 This module imports only the standard library: the client must stay light, and the server must not import
 the package.
 """
 from __future__ import annotations
 
+import hmac
+import json
 import os
-import pickle
+import secrets
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -29,11 +38,14 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 ENV = "INFLUENCE_SIGNALS_WARM"
-"""Names the server's socket; set by ``start`` in Snakemake's process and inherited by its jobs."""
+"""Names the server (``Server.encode``); set by ``start`` in Snakemake's process and inherited by its jobs."""
+TOKEN_ENV = "INFLUENCE_SIGNALS_WARM_TOKEN"  # how ``start`` hands the token to the server (not on its command line)
+PREFIX = "influence-signals-warm-"
 
 PRELOADED = ("numpy", "pandas", "scipy.special", "scipy.stats", "torch", "threadpoolctl", "sklearn.base",
              "sklearn.ensemble", "sklearn.linear_model", "sklearn.model_selection", "sklearn.neighbors",
@@ -42,7 +54,35 @@ PRELOADED = ("numpy", "pandas", "scipy.special", "scipy.stats", "torch", "thread
 
 _HEADER = struct.Struct("!I")
 _ACCEPTED = struct.Struct("!cq")
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+MAX_REQUEST = 64 * 2**20
 _server: subprocess.Popen[bytes] | None = None
+
+
+@dataclass(frozen=True)
+class Server:
+    """What a job needs to trust a server: its socket, the pid that listens there, and the shared token."""
+
+    address: str
+    pid: int
+    token: str
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, text: str | None) -> Server | None:
+        try:
+            fields = json.loads(text or "")
+            return cls(str(fields["address"]), int(fields["pid"]), str(fields["token"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def peer(connection: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket, from the kernel (``SO_PEERCRED``)."""
+    pid, uid, _ = _CREDENTIALS.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+    return pid, uid
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,7 +90,7 @@ _server: subprocess.Popen[bytes] | None = None
 
 
 def plain(value: Any) -> Any:
-    """Snakemake's path lists and strings as built-in types, so that a job's arguments pickle without it."""
+    """Snakemake's path lists and strings as built-in types, so that a job's arguments travel as JSON."""
     if isinstance(value, str):
         return str(value)
     if isinstance(value, Mapping):
@@ -81,20 +121,24 @@ def run_from_snakemake(smk: Any, stage: str) -> None:
         raise SystemExit(status)
 
 
-def submit(job: Mapping[str, Any], address: str | None = None) -> int | None:
-    """Run ``job`` in a child of the server at ``address`` (default: ``$INFLUENCE_SIGNALS_WARM``).
+def submit(job: Mapping[str, Any], server: Server | None = None) -> int | None:
+    """Run ``job`` in a child of ``server`` (default: the one ``$INFLUENCE_SIGNALS_WARM`` names).
 
-    Returns the child's exit status, or None when no server took the job (nothing has run then).
+    Returns the child's exit status, or None when no server took the job (nothing has run then): none is
+    named, none listens, or the listener is not that server (another pid or uid: sent nothing).
     """
-    address = address or os.environ.get(ENV)
-    if not address or not os.path.exists(address):
+    server = server or Server.decode(os.environ.get(ENV))
+    if server is None or not os.path.exists(server.address):
         return None
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.connect(address)
-        request = {"job": dict(job), "python": _interpreter(), "cwd": os.getcwd(), "env": dict(os.environ),
-                   "path": list(sys.path), "argv": list(sys.argv)}
-        data = pickle.dumps(request)
+        connection.connect(server.address)
+        if peer(connection) != (server.pid, os.getuid()):
+            connection.close()
+            return None
+        request = {"token": server.token, "job": plain(dict(job)), "python": list(_interpreter()), "cwd": os.getcwd(),
+                   "env": dict(os.environ), "path": list(sys.path), "argv": list(sys.argv)}
+        data = json.dumps(request).encode()
         message = _HEADER.pack(len(data)) + data
         sent = socket.send_fds(connection, [message], [0, 1, 2])
         connection.sendall(message[sent:])
@@ -145,19 +189,23 @@ def _read_exactly(connection: socket.socket, size: int) -> bytes:
 # Snakemake's side: the server's life
 
 
-def start(address: str | None = None) -> str:
+def start() -> Server:
     """Launch a server for this process's jobs and point them at it (``$INFLUENCE_SIGNALS_WARM``).
 
-    The server imports in the background: jobs that start before it listens run in their own process.
-    It exits with ``stop``, or by itself once this process has gone.
+    Its socket is ``sock`` in a new private directory. The server imports in the background: jobs that start
+    before it listens run in their own process. It exits with ``stop``, or by itself once this process has
+    gone; ``start`` first removes directories that servers killed without cleaning up left behind.
     """
     global _server
     stop()
-    address = address or os.path.join(tempfile.gettempdir(), f"influence-signals-warm-{os.getuid()}-{os.getpid()}.sock")
-    _server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), address, str(os.getpid())],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    os.environ[ENV] = address
-    return address
+    sweep()
+    folder = tempfile.mkdtemp(prefix=PREFIX)  # 0700, a name nobody can predict
+    token = secrets.token_hex(32)
+    _server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), folder, str(os.getpid())],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, TOKEN_ENV: token})
+    server = Server(os.path.join(folder, "sock"), _server.pid, token)
+    os.environ[ENV] = server.encode()
+    return server
 
 
 def stop() -> None:
@@ -174,12 +222,34 @@ def stop() -> None:
         _server = None
 
 
+def sweep() -> list[str]:
+    """Remove this user's server directories whose socket no longer answers (a server killed with SIGKILL)."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.getuid():
+            continue
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(folder / "sock"))
+        except OSError:  # nothing listens (or no socket yet: a server still importing keeps its folder for now)
+            if (folder / "sock").exists() or not any(folder.iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(str(folder))
+        finally:
+            probe.close()
+    return removed
+
+
 # ----------------------------------------------------------------------------------------------
 # The server (this file run as a script)
 
 
-def serve(address: str, parent: int) -> None:
-    """Import the heavy libraries, listen at ``address`` and fork a child per job while ``parent`` lives."""
+def serve(folder: str, parent: int, token: str) -> None:
+    """Import the heavy libraries, listen at ``folder/sock`` and fork a child per job while ``parent`` lives."""
     import importlib
 
     for name in PRELOADED:
@@ -187,6 +257,9 @@ def serve(address: str, parent: int) -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+    if os.stat(folder).st_uid != os.getuid() or os.stat(folder).st_mode & 0o077:
+        raise SystemExit(f"{folder} is not a private directory of this user")
+    address = os.path.join(folder, "sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     pending = f"{address}.{os.getpid()}"
     listener.bind(pending)
@@ -200,15 +273,17 @@ def serve(address: str, parent: int) -> None:
             if not ready:
                 continue
             connection, _ = listener.accept()
+            if peer(connection)[1] != os.getuid():  # another user's process: read nothing, run nothing
+                connection.close()
+                continue
             if os.fork() == 0:
                 listener.close()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os._exit(_child(connection))
+                os._exit(_child(connection, token))
             connection.close()
     finally:
         listener.close()
-        if os.path.exists(address):
-            os.unlink(address)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _reap() -> None:
@@ -221,15 +296,36 @@ def _reap() -> None:
             return
 
 
-def _child(connection: socket.socket) -> int:
-    """Become the job's process, run its stage and report the status; 1 for any failure."""
+def _request(connection: socket.socket, token: str) -> tuple[dict[str, Any], list[int]] | None:
+    """The job's request and its three standard streams, or None (fds closed) when it is not one to run: too
+    large, not JSON, without the server's token, from another interpreter or without its streams."""
+    fds: list[int] = []
     try:
         header, fds, _, _ = socket.recv_fds(connection, _HEADER.size, 3)
         (size,) = _HEADER.unpack(header + _read_exactly(connection, _HEADER.size - len(header)))
-        request = pickle.loads(_read_exactly(connection, size))
-        if tuple(request["python"]) != _interpreter() or len(fds) != 3:
+        request = json.loads(_read_exactly(connection, size)) if size <= MAX_REQUEST else {}
+        trusted = isinstance(request, dict) and hmac.compare_digest(str(request.get("token", "")).encode(), token.encode())
+        if trusted and len(fds) == 3 and tuple(request.get("python", ())) == _interpreter():
+            return request, fds
+    except (OSError, ValueError, struct.error):
+        pass
+    for fd in fds:
+        os.close(fd)
+    return None
+
+
+def _child(connection: socket.socket, token: str) -> int:
+    """Become the job's process, run its stage and report the status; 1 for any failure. A request
+    ``_request`` refuses is answered "N" and nothing of it is used."""
+    accepted = _request(connection, token)
+    if accepted is None:
+        try:
             connection.sendall(_ACCEPTED.pack(b"N", 0))
-            return 0
+        except OSError:
+            pass
+        return 0
+    request, fds = accepted
+    try:
         connection.sendall(_ACCEPTED.pack(b"Y", os.getpid()))
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
@@ -281,4 +377,4 @@ def _exit_when_closed(connection: socket.socket) -> None:
 
 if __name__ == "__main__":
     del sys.path[0]  # this file's folder: the package's modules must not import as top-level names
-    serve(sys.argv[1], int(sys.argv[2]))
+    serve(sys.argv[1], int(sys.argv[2]), os.environ.pop(TOKEN_ENV))
