@@ -1,6 +1,7 @@
 """``influence-signals debug``: a user's table or image folder in, suspects.csv and report.html out."""
 from __future__ import annotations
 
+import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -233,3 +234,26 @@ def test_suspicion_table_is_the_detectors_verdict_on_the_whole_data_with_mean_sc
     for column in ("glitch_type", "suggested_label", "suspicion", "confidence", "label_score"):
         np.testing.assert_array_equal(table.loc[ids, column].to_numpy(), expected[column].to_numpy())
     assert table.loc["r1", "loss"] == (1 + 13) / 2 and (table["n_scores"] == 2).all()
+
+
+def test_the_output_folder_is_never_one_with_files_the_command_did_not_write(tmp_path, capsys):
+    write_table(tmp_path / "t.csv", n_rows=60, n_flipped=0)
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "config.yaml").write_text("mine: true\n")
+    (tmp_path / "afile").write_text("x")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o500)
+    cases = {"theirs": "did not write", "afile": "is a file"}
+    if os.getuid() != 0:  # root writes anywhere
+        cases[f"readonly/{'sub'}"] = "cannot write there"
+    for out, message in cases.items():
+        args = ["debug", str(tmp_path / "t.csv"), "--label", "target", "--id", "key", "--out", str(tmp_path / out),
+                "--no-snakemake"]
+        assert main([*args, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert (tmp_path / "theirs" / "config.yaml").read_text() == "mine: true\n"  # untouched, even by --dry-run
+    ours = tmp_path / "ours"
+    args = ["debug", str(tmp_path / "t.csv"), "--label", "target", "--id", "key", "--out", str(ours), "--no-snakemake",
+            "--dry-run"]
+    assert main(args) == 0 and main(args) == 0  # its own folder, again

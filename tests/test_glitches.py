@@ -176,3 +176,18 @@ def test_error_table_has_the_documented_columns(tabular):
     _, table = inject(tabular, "uniform", 0.1, 0)
     assert tuple(table.columns) == glitches.ERROR_COLUMNS
     assert isinstance(table, pd.DataFrame) and (table["row"] == np.arange(len(table))).all()
+
+
+def test_an_error_table_with_a_stray_glitched_cell_is_refused_naming_the_row(tmp_path):
+    from influence_signals.artifacts import ArtifactError
+
+    data = datasets.make_tabular(n_rows=50, n_features=3, n_classes=2, seed=0)
+    _, table = glitches.inject(data, "uniform", 0.1, 0)
+    table.to_csv(tmp_path / "errors.csv", index=False)
+    read = glitches.read_error_table(str(tmp_path / "errors.csv"))
+    assert read["glitched"].dtype == bool and read["glitched"].sum() == 5 and (read["id"] == table["id"]).all()
+    table["glitched"] = table["glitched"].astype(object)
+    table.loc[7, "glitched"] = "yes"
+    table.to_csv(tmp_path / "errors.csv", index=False)
+    with pytest.raises(ArtifactError, match="row 7 holds 'yes'"):
+        glitches.read_error_table(str(tmp_path / "errors.csv"))

@@ -118,6 +118,14 @@ def test_factor_store_reads_rows_without_loading_everything(run):
 def test_broken_artifacts_are_named(tmp_path, run):
     with pytest.raises(ArtifactError, match="not a complete factor folder"):
         FactorStore(tmp_path)
+    *_, folder = run
+    import shutil
+
+    shutil.copytree(folder / "factors", tmp_path / "cut")
+    features = tmp_path / "cut" / "train_features.npy"
+    features.write_bytes(features.read_bytes()[:-100])  # truncated: not a reshape error later, the file named now
+    with pytest.raises(ArtifactError, match="train_features.npy holds .* bytes but its header needs"):
+        FactorStore(tmp_path / "cut")
     model, *_ = run
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -124,6 +124,26 @@ def test_stopping_the_jobs_own_process_stops_the_job(server, tmp_path):
         time.sleep(0.1)
 
 
+def test_a_cancelled_warm_job_leaves_no_half_written_output(server, tmp_path):
+    package_copy(tmp_path / "copy", "def half(path: str) -> None:\n    from .artifacts import atomic_path\n"
+                                    "    with atomic_path(path, directory=True) as tmp:\n"
+                                    "        (tmp / 'part').write_text('x')\n"
+                                    "        Path(path + '.pid').write_text(str(os.getpid()))\n"
+                                    "        import time\n        time.sleep(120)\n")
+    out = tmp_path / "out" / "factors"
+    job = {"stage": "half", "log_file": None, "threads": 1, "kwargs": {"path": str(out)}}
+    process = client(tmp_path / "copy", job, server)
+    wait_for(str(out) + ".pid")
+    assert len(list(out.parent.glob(".factors.*"))) == 1  # the temporary folder, being written
+    process.terminate()
+    assert process.wait(timeout=30) != 0
+    deadline = time.monotonic() + 30
+    while list(out.parent.glob(".factors.*")):
+        assert time.monotonic() < deadline, "the cancelled job left its temporary folder"
+        time.sleep(0.1)
+    assert not out.exists()
+
+
 def test_without_a_server_or_in_another_interpreter_nothing_runs_warm(server, splits, tmp_path, monkeypatch):
     job = train_job(splits, tmp_path)
     assert warm.submit(job, warm.Server(str(tmp_path / "absent.sock"), server.pid, server.token)) is None

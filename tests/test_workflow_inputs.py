@@ -66,3 +66,24 @@ def test_snakemake_lint_is_clean():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s", str(ROOT / "Snakefile")],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "good condition" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+def test_image_names_with_braces_or_angle_brackets_plan_and_editing_one_reruns_prepare(tmp_path):
+    from PIL import Image
+
+    for name in ("a{x}", "b<word>"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "images" / name / f"{name}_{i}.png")
+    mine = {"datasets": {"pics": {"loader": "image_folder", "path": str(tmp_path / "images"), "size": 8}},
+            "train": {"models": {"resnet20": {"pretrained": "none", "epochs": 1}}},
+            "grid": [{"datasets": ["pics"], "models": ["resnet20"], "glitches": ["none"], "ratios": [10], "seeds": [0]}]}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(mine))
+    target = "results/data/pics/split0/train.npz"
+    assert planned(tmp_path, target, "--configfile", str(path))["prepare"] == 1  # targets before --configfile
+    snakemake(tmp_path, target, "--cores", "1", "--configfile", str(path))
+    assert "prepare" not in planned(tmp_path, target, "--configfile", str(path))
+    time.sleep(0.01)
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(tmp_path / "images" / "a{x}" / "a{x}_0.png")
+    assert planned(tmp_path, target, "--configfile", str(path))["prepare"] == 1

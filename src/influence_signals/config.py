@@ -67,6 +67,28 @@ def schema() -> dict[str, Any]:
     return out
 
 
+def data_digest(spec: Mapping[str, Any] | None) -> str:
+    """A hash of the names, sizes and modification times of the user's files behind a data set entry (its
+    ``path`` and ``test_path``, every file below a folder); empty for data that ships with a package."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    for key in ("path", "test_path"):
+        if not spec or key not in spec:
+            continue
+        root = Path(spec[key])
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            try:
+                info = os.stat(path)
+                stamp = f"{info.st_size} {info.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"  # prepare names the problem
+            digest.update(f"{key}\0{path.relative_to(root) if root.is_dir() else path}\0{stamp}\n".encode())
+    return digest.hexdigest() if spec and ("path" in spec or "test_path" in spec) else ""
+
+
 def _validator() -> Any:
     """A Draft 2020-12 validator that also fills in ``default:`` values (the snakemake-workflows convention)."""
     from jsonschema import Draft202012Validator, validators

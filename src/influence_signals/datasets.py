@@ -79,8 +79,10 @@ def _checked(name: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ..
     if len(x) == 0:
         raise DataError(f"{name}: no rows")
     if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
-        raise DataError(f"{name}: {bad} rows hold NaN or infinite feature values; clean or impute them first")
+        rows = np.flatnonzero((~np.isfinite(x)).reshape(len(x), -1).any(axis=1))
+        named = [str(ids[r]) if ids is not None else str(r) for r in rows[:5]]
+        raise DataError(f"{name}: {len(rows)} rows hold NaN or infinite feature values (rows {', '.join(named)}"
+                        f"{' ...' if len(rows) > 5 else ''}); clean or impute them first")
     return DataSet(name, x, np.asarray(y, dtype=np.int64), class_names, modality,
                    np.asarray(ids).astype(str) if ids is not None else np.array([], dtype=str))
 

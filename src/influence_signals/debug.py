@@ -131,7 +131,30 @@ def progress(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The config
+# The output folder and the config
+
+MARKER = ".influence-signals-debug"
+"""Marks a folder this command writes into: it writes only into an empty folder or one that holds this file."""
+
+
+def output_folder(out: Path, data: Path) -> Path:
+    """``out`` made ready for the command's files, or a ``ConfigError`` naming the problem: never a file, a
+    folder it cannot write, a folder with files it did not write (``--out .`` in a clone holds the study's
+    own config.yaml), or a folder inside the data (an image folder would read the outputs as images)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (a new one, or one this command wrote before)")
+    if out == data or data in out.parents:
+        raise ConfigError(f"--out {out} is inside the data {data}; give a folder of its own")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ConfigError(f"--out {out} holds files this command did not write; give a new or empty folder "
+                          "(or one it wrote before)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / MARKER, f"written by influence-signals debug {data}\n")
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    return out
+
 
 
 def dataset_name(path: Path) -> str:
@@ -546,8 +569,7 @@ def debug(args: argparse.Namespace) -> int:
     settings = train_settings(model, args)
     config = build_config(name, spec, model, args.seeds, args.folds, settings, args.device)
     full = cfg.validate(copy.deepcopy(config))  # a bad setting stops here, before any work
-    out = Path(args.out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(Path(args.out).expanduser().resolve(), path)
     config_file = out / "config.yaml"
     write_text(config_file, yaml.safe_dump(config, sort_keys=False))
     plan = Plan(out, name, model, args.seeds, args.folds)

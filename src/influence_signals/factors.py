@@ -32,13 +32,20 @@ class FactorMeta:
 
 
 def _npy_offset(path: Path) -> tuple[int, tuple[int, ...]]:
+    """Where the data of an .npy file starts and its shape; a file shorter than its header says is refused
+    here, naming it, not later as a failed reshape."""
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = reader(handle)
         if fortran or dtype != np.float32:
             raise ArtifactError(f"{path}: expected a C-ordered float32 array")
-        return handle.tell(), shape
+        offset = handle.tell()
+    expected = offset + 4 * int(np.prod(shape))
+    if path.stat().st_size != expected:
+        raise ArtifactError(f"{path} holds {path.stat().st_size} bytes but its header needs {expected} "
+                            "(truncated or overwritten); rerun the train job")
+    return offset, shape
 
 
 class FactorStore:

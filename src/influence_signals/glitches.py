@@ -365,6 +365,25 @@ GLITCHES.add(GlitchType(
              **{name: {"type": "object"} for name in ("uniform", "class_dependent", "class_pairs", "outlier", "far_ca")}}))
 
 
+def read_error_table(path: str) -> pd.DataFrame:
+    """An error table written by ``inject``, checked: its columns, rows 0..n-1, and a ``glitched`` column of
+    booleans only (read loosely, one stray cell would make every row "glitched")."""
+    from .artifacts import ArtifactError
+
+    table = pd.read_csv(path, dtype={"id": str, "glitched": str}, keep_default_na=False)
+    missing = [c for c in ERROR_COLUMNS if c not in table.columns]
+    if missing:
+        raise ArtifactError(f"{path}: not an error table (no column {', '.join(missing)})")
+    flags = table["glitched"].str.strip().str.lower()
+    bad = ~flags.isin(["true", "false"])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ArtifactError(f"{path}: `glitched` must be True or False; row {row} holds {table['glitched'].iloc[row]!r}")
+    if not np.array_equal(np.sort(table["row"].to_numpy()), np.arange(len(table))):
+        raise ArtifactError(f"{path}: the `row` column must number the rows 0..{len(table) - 1}")
+    return table.assign(glitched=flags.eq("true").to_numpy())
+
+
 def kind_of(glitch_column: str) -> str:
     """What kind of error a row's ``glitch`` entry is (``outlier:stripe`` -> anomaly): the detector's type."""
     return GLITCHES[glitch_column.split(":")[0]].kind

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -152,7 +153,7 @@ def evaluate(scores: str, errors: str, per_epoch: str, detections: str, factors:
              epoch_metrics: str, accuracy: str, curves: str) -> None:
     """F1 / AP / AUROC of every score (and the detector's type and repair accuracy); found-vs-inspected
     curves; per-epoch F1; accuracy (the study's Table 1)."""
-    table = pd.read_csv(errors)
+    table = glitches.read_error_table(errors)
     score_table = pd.read_csv(scores).drop(columns=["id", "observed_label"])
     result = metrics.evaluate(score_table, table)
     if table["glitched"].any() and "detector" in score_table.columns:
@@ -241,8 +242,15 @@ def call(stage: Callable[..., None], kwargs: Mapping[str, Any]) -> None:
     stage(**{key: value for key, value in kwargs.items() if key in accepted})
 
 
+def _stop(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_job(stage: str, log_file: str | None, threads: int, kwargs: Mapping[str, Any]) -> None:
-    """Run the stage named ``stage`` for a Snakemake job (``warm.run_from_snakemake``), logging to ``log_file``."""
+    """Run the stage named ``stage`` for a Snakemake job (``warm.run_from_snakemake``), logging to ``log_file``.
+
+    A job Snakemake cancels (SIGTERM) unwinds: its half-written temporary outputs are removed on the way out."""
+    signal.signal(signal.SIGTERM, _stop)
     configure_logging(log_file)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # read by torch when it is imported
     if "torch" in sys.modules:

@@ -265,9 +265,10 @@ def serve(folder: str, parent: int, token: str) -> None:
     listener.bind(pending)
     listener.listen(64)
     os.replace(pending, address)  # clients see the socket only once it answers
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    stopping: list[int] = []  # a flag, not an exception: SIGTERM may land inside a library's at-fork hook
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     try:
-        while os.getppid() == parent:
+        while os.getppid() == parent and not stopping:
             ready, _, _ = select.select([listener], [], [], 1.0)
             _reap()
             if not ready:
@@ -276,10 +277,14 @@ def serve(folder: str, parent: int, token: str) -> None:
             if peer(connection)[1] != os.getuid():  # another user's process: read nothing, run nothing
                 connection.close()
                 continue
-            if os.fork() == 0:
-                listener.close()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os._exit(_child(connection, token))
+            if os.fork() == 0:  # the child never unwinds into this loop: its finally would remove the socket
+                status = 1
+                try:
+                    listener.close()
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    status = _child(connection, token)
+                finally:
+                    os._exit(status)
             connection.close()
     finally:
         listener.close()
@@ -366,13 +371,14 @@ def _run(job: Mapping[str, Any]) -> int:
 
 
 def _exit_when_closed(connection: socket.socket) -> None:
-    """End the job when its client goes (Snakemake cancelled it): nothing would wait for its outputs."""
+    """End the job when its client goes (Snakemake cancelled it): nothing would wait for its outputs. As a
+    SIGTERM, so that the job unwinds and removes its half-written outputs (``stages.run_job``)."""
     try:
         while connection.recv(1):
             pass
     except OSError:
         pass
-    os._exit(1)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -52,15 +52,10 @@ def run_paths(name, jobs=None):
     return [f"{RUN.format(**job.wildcards)}/{name}" for job in (JOBS if jobs is None else jobs)]
 
 
-def data_files(wildcards):
-    """The user's files behind a data set (a table, an image folder): editing them reruns prepare."""
-    spec = config["datasets"][wildcards.dataset] or {}
-    files = []
-    for key in ("path", "test_path"):
-        if key in spec:
-            root = Path(spec[key])
-            files.extend(sorted(str(f) for f in root.rglob("*") if f.is_file()) if root.is_dir() else [str(root)])
-    return files
+def data_digest(wildcards):
+    """What the user's files behind a data set are now (names, sizes, times): editing them reruns prepare.
+    A param, not inputs: Snakemake would read braces or <name> in a file name as a wildcard or a path variable."""
+    return cfg.data_digest(config["datasets"][wildcards.dataset])
 
 
 def inject_inputs(wildcards):

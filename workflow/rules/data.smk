@@ -2,8 +2,6 @@
 
 
 rule prepare:
-    input:
-        data_files,
     output:
         train="results/data/{dataset}/split{split}/train.npz",
         val="results/data/{dataset}/split{split}/val.npz",
@@ -16,6 +14,7 @@ rule prepare:
         fraction=config["prepare"]["fraction"],
         val_fraction=config["prepare"]["val_fraction"],
         seed=lambda w: int(w.split),
+        data=data_digest,
         code=stage_fingerprint("prepare"),
     log:
         "results/logs/prepare/{dataset}_split{split}.log",
