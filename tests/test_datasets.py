@@ -1,6 +1,8 @@
 """Loaders (embedded and real formats, written here in miniature) and the study's preparation."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gzip
 import pickle
 import struct
@@ -113,3 +115,31 @@ def test_saved_sets_round_trip(tmp_path, images):
     back = datasets.load_saved(tmp_path / "d.npz")
     assert back.class_names == images.class_names and back.modality == "image"
     np.testing.assert_array_equal(back.x, images.x)
+
+
+def test_an_image_folder_refuses_empty_classes_nested_images_and_links_out(tmp_path):
+    from PIL import Image
+
+    def folder(name: str) -> Path:
+        root = tmp_path / name
+        for cls in ("a", "b"):
+            (root / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (4, 4), (i * 40, 0, 0)).save(root / cls / f"{i}.png")
+        return root
+
+    empty = folder("empty")
+    (empty / "c").mkdir()
+    with pytest.raises(datasets.DataError, match="class folder .*c holds no images"):
+        datasets.read_image_folder(empty, "x", None, 3)
+    nested = folder("nested")
+    (nested / "a" / "more").mkdir()
+    Image.new("RGB", (4, 4)).save(nested / "a" / "more" / "9.png")
+    with pytest.raises(datasets.DataError, match="sub-folder of class folder"):
+        datasets.read_image_folder(nested, "x", None, 3)
+    linked = folder("linked")
+    Image.new("RGB", (4, 4)).save(tmp_path / "secret.png")
+    (linked / "a" / "9.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(datasets.DataError, match="links to .*secret.png, outside"):
+        datasets.read_image_folder(linked, "x", None, 3)
+    assert len(datasets.read_image_folder(folder("fine"), "x", None, 3).y) == 6

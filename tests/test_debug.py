@@ -257,3 +257,12 @@ def test_the_output_folder_is_never_one_with_files_the_command_did_not_write(tmp
     args = ["debug", str(tmp_path / "t.csv"), "--label", "target", "--id", "key", "--out", str(ours), "--no-snakemake",
             "--dry-run"]
     assert main(args) == 0 and main(args) == 0  # its own folder, again
+
+
+def test_formula_like_ids_are_written_so_that_a_spreadsheet_shows_them_as_text():
+    from influence_signals.debug import spreadsheet_safe
+
+    table = pd.DataFrame({"id": ["=HYPERLINK(\"http://x\")", "plain", "+1+A1", "@sum", "-2"], "score": [1.0, -2.0, 3.0, 4.0, 5.0]})
+    safe = spreadsheet_safe(table)
+    assert list(safe["id"]) == ["'=HYPERLINK(\"http://x\")", "plain", "'+1+A1", "'@sum", "-2"]
+    assert list(safe["score"]) == [1.0, -2.0, 3.0, 4.0, 5.0]  # numbers stay numbers

@@ -74,6 +74,23 @@ def test_nothing_to_do_after_a_full_run(finished):
     assert planned(finished) == {}
 
 
+def reordered(value):
+    """The same config with every mapping's keys in reverse order."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(list(value))}
+    return [reordered(v) for v in value] if isinstance(value, list) else value
+
+
+@pytest.mark.pipeline
+def test_the_same_config_with_keys_reordered_reruns_nothing(finished):
+    config = yaml.safe_load((finished / "config.yaml").read_text())
+    (finished / "config.yaml").write_text(yaml.safe_dump(reordered(config), sort_keys=False))
+    try:
+        assert planned(finished) == {}
+    finally:
+        write_config(finished, TINY)
+
+
 @pytest.mark.pipeline
 def test_changed_stage_parameter_reruns_only_that_stage_and_what_follows(finished):
     changed = yaml.safe_load((finished / "config.yaml").read_text())

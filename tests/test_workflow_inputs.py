@@ -87,3 +87,11 @@ def test_image_names_with_braces_or_angle_brackets_plan_and_editing_one_reruns_p
     time.sleep(0.01)
     Image.new("RGB", (8, 8), (0, 255, 0)).save(tmp_path / "images" / "a{x}" / "a{x}_0.png")
     assert planned(tmp_path, target, "--configfile", str(path))["prepare"] == 1
+
+
+def test_a_config_key_given_twice_is_refused(tmp_path):
+    write_table(tmp_path / "mine.csv")
+    text = user_config(tmp_path, tmp_path / "mine.csv").read_text()
+    (tmp_path / "twice.yaml").write_text(text + "train:\n  models: {}\n")  # a second `train`: YAML keeps the last
+    result = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "twice.yaml"), check=False)
+    assert result.returncode != 0 and "the key 'train' is given twice" in result.stdout + result.stderr

@@ -55,6 +55,9 @@ def schema() -> dict[str, Any]:
     props["datasets"]["additionalProperties"]["properties"]["loader"]["enum"] = DATASETS.names()
     props["glitch_options"]["properties"] = {g.name: g.options_schema() for g in GLITCHES if g.options}
     props["train"]["properties"]["models"]["propertyNames"]["enum"] = MODELS.names()
+    props["pretrain"]["propertyNames"] = {"enum": MODELS.names()}
+    mixture = props["glitch_options"]["properties"]["mixture"]["properties"]
+    mixture["components"]["propertyNames"] = {"enum": [g.name for g in GLITCHES if g.in_mixtures]}
     every_score = score_names()
     props["signals"]["properties"]["names"]["items"]["enum"] = SIGNALS.names()
     props["plot_signals"]["items"]["enum"] = every_score
@@ -114,13 +117,54 @@ def _check_options(where: str, options: Mapping[str, Any], entry_schema: Mapping
         raise ConfigError(f"config {where}{'.' + _where(error) if error.absolute_path else ''}: {error.message}")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML itself keeps the last)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"{node.start_mark.name}, line {key_node.start_mark.line + 1}: the key {key!r} is given twice")
+        seen.add(key)
+    return dict(yaml.SafeLoader.construct_mapping(loader, node, deep=deep))
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def check_files(paths: list[str]) -> None:
+    """Refuse a config file that gives a key twice (Snakemake's loader would silently keep the last)."""
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            yaml.load(handle, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _sort_keys(value: Any) -> None:
+    """Every mapping in ``value`` re-ordered by key, in place (lists keep their order)."""
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: str(item[0]))
+        value.clear()
+        value.update(items)
+        for child in value.values():
+            _sort_keys(child)
+    elif isinstance(value, list):
+        for child in value:
+            _sort_keys(child)
+
+
 def validate(config: dict[str, Any]) -> dict[str, Any]:
-    """Fill defaults into ``config`` in place, validate it against the schema and the registries, return it."""
+    """Fill defaults into ``config`` in place, validate it against the schema and the registries, return it.
+
+    Its mappings are then sorted by key: every job's params are built from them, and Snakemake compares params
+    in order, so the same config with its keys written in another order reruns nothing."""
     errors = sorted(_validator().iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         error = errors[0]
         raise ConfigError(f"config {_where(error)}: {error.message}")
     check(config)
+    _sort_keys(config)
     return config
 
 
@@ -188,6 +232,8 @@ def _check_training(config: Mapping[str, Any], models_used: set[str]) -> None:
             source = pretrain_source(config, model)
             if source not in config["datasets"]:
                 raise ConfigError(f"config pretrain.{model}.source: {source!r} is not declared under `datasets`")
+    for model, spec in config["pretrain"].items():
+        _check_options(f"pretrain.{model}.options", spec.get("options") or {}, MODELS[model].options_schema())
     for key in train["overrides"]:
         dataset, model = key.split("/")
         if dataset not in config["datasets"] or model not in MODELS:

@@ -386,8 +386,21 @@ def read_image_folder(root: Path, name: str, size: int | None, channels: int, cl
     images: list[np.ndarray] = []
     labels: list[int] = []
     ids: list[str] = []
+    inside = root.resolve()
     for label, class_name in enumerate(class_names):
-        files = sorted(f for f in (root / class_name).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        folder = root / class_name
+        nested = sorted(f for f in folder.rglob("*") if f.parent != folder and f.suffix.lower() in IMAGE_SUFFIXES)
+        if nested:
+            raise DataError(f"{name}: {nested[0]} is in a sub-folder of class folder {folder}; images must sit directly "
+                            "in their class folder (move them up, or make the sub-folder a class of its own)")
+        files = sorted(f for f in folder.glob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files and classes is None:
+            raise DataError(f"{name}: class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); remove it "
+                            "or add its images")
+        outside = [f for f in files if inside not in f.resolve().parents]
+        if outside:
+            raise DataError(f"{name}: {outside[0]} links to {outside[0].resolve()}, outside {root}; copy the image in "
+                            "instead (the report would show files from elsewhere)")
         for file in files:
             try:
                 with Image.open(file) as opened:

@@ -394,6 +394,23 @@ def suspicion_table(evidence: Evidence, data: datasets.DataSet) -> pd.DataFrame:
     return out.sort_values("suspicion", ascending=False, kind="mergesort").reset_index(drop=True)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``+``, ``-``, ``@``)
+    prefixed with ``'``, as OWASP advises against CSV injection; numbers (a label "-1") and other text are
+    as they were."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            text = out[column].astype(str)
+            numeric = pd.to_numeric(text, errors="coerce").notna()  # "-1" is a number to a spreadsheet, not a formula
+            risky = text.str.startswith(FORMULA_STARTS) & out[column].map(lambda v: isinstance(v, str)) & ~numeric
+            out[column] = out[column].where(~risky, "'" + text)
+    return out
+
+
 def held_out_table(evidence: Evidence, data: datasets.DataSet) -> pd.DataFrame:
     """Every row's held-out class probabilities (mean over seeds), in the data's order: what cleanlab's
     ``find_label_issues(labels, pred_probs)`` or any other tool takes."""
@@ -593,8 +610,8 @@ def debug(args: argparse.Namespace) -> int:
     evidence = collect(plan, data, full)
     table = suspicion_table(evidence, data)
     suspects = named(table, data.class_names)
-    write_csv(out / "suspects.csv", suspects)
-    write_csv(out / "pred_probs.csv", held_out_table(evidence, data))
+    write_csv(out / "suspects.csv", spreadsheet_safe(suspects))
+    write_csv(out / "pred_probs.csv", spreadsheet_safe(held_out_table(evidence, data)))
     progress("explaining the top rows ...")
     flagged = set(suspects.loc[suspects["glitch_type"] != "none", "id"])
     harms = harmed_rows(plan, full, evidence.per_row, list(suspects["id"].head(10)), flagged)

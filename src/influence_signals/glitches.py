@@ -290,6 +290,11 @@ class GlitchType(Entry):
     modalities: tuple[str, ...] = ("image", "tabular")
     needs_source: bool | Callable[[Mapping[str, Any]], bool] = False  # a second data set (far-CA rows), per data set
     uses_ratio: bool = True
+    mixable: bool = True  # can be a component of a mixture (near-CA cannot: it removes rows of a class)
+
+    @property
+    def in_mixtures(self) -> bool:
+        return self.mixable and self.kind in ("mislabel", "anomaly")
 
     def requires_source(self, options: Mapping[str, Any]) -> bool:
         """Whether, with these options, it needs a source data set (named under its options' `sources`)."""
@@ -304,7 +309,7 @@ GLITCHES.add(GlitchType(name="class_pairs", label="Mislabeled (class pairs)", in
 GLITCHES.add(GlitchType(name="single_class", label="Mislabeled (single class)", inject=single_class_noise,
                         kind="mislabel"))
 GLITCHES.add(GlitchType(name="near_ca", label="Near-CA", inject=near_clustered_anomalies, kind="anomaly",
-                        modalities=("tabular",)))
+                        modalities=("tabular",), mixable=False))
 GLITCHES.add(GlitchType(
     name="far_ca", label="Far-CA", inject=far_clustered_anomalies, kind="anomaly", needs_source=True,
     options={"labels": {"enum": ["single", "per_row"], "default": "single"},
@@ -327,9 +332,10 @@ def mixture(train: DataSet, ratio: float, rng: np.random.Generator, source: Data
     (which appends rows) goes last. The error table names each row's own type.
     """
     components = dict(components or {"uniform": 0.5, "far_ca": 0.5})
-    unknown = [g for g in components if g not in GLITCHES or g in ("mixture", "none", "near_ca")]
+    unknown = [g for g in components if g not in GLITCHES or not GLITCHES[g].in_mixtures]
     if unknown:
-        raise GlitchError(f"mixture components {unknown} cannot be mixed; use row-preserving types and far_ca")
+        raise GlitchError(f"mixture components {unknown} cannot be mixed; use "
+                          f"{', '.join(g.name for g in GLITCHES if g.in_mixtures)}")
     current, table = train, no_glitch(train, ratio, rng)[1]
     for name in sorted(components, key=lambda g: (g == "far_ca", g)):
         spec, share = GLITCHES[name], float(components[name])
@@ -362,7 +368,7 @@ GLITCHES.add(GlitchType(
     options={"components": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
                             "description": "glitch type -> its share of the ratio, e.g. {uniform: 0.5, far_ca: 0.5}"},
              "sources": {"type": "object", "additionalProperties": {"type": "string"}},
-             **{name: {"type": "object"} for name in ("uniform", "class_dependent", "class_pairs", "outlier", "far_ca")}}))
+             **{g.name: g.options_schema() for g in GLITCHES if g.in_mixtures}}))  # each component's own options
 
 
 def read_error_table(path: str) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from influence_signals.glitches import GLITCHES
 from influence_signals.models import MODELS
 from influence_signals.plots import FIGURE_KINDS
 
+cfg.check_files([str(f) for f in workflow.configfiles])  # a key given twice is an error, not the last one silently
 cfg.validate(config)  # fills the schema's defaults; a bad config stops here, before any job
 JOBS = cfg.all_jobs(config)
 for job in JOBS:  # a finished run whose checkpoint sizes differ from its manifest is named before any job runs
