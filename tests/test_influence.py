@@ -1,6 +1,10 @@
 """The TracIn engine against Captum's TracInCP and against brute-force per-sample gradients."""
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +159,42 @@ def test_closed_form_class_sums_equal_the_dense_matrix(run):
     onehot = np.eye(store.meta.n_classes)[store.y_val]
     closed = engine.class_sums(store.y_val, store.meta.n_classes).double().numpy()
     np.testing.assert_allclose(closed, dense @ onehot, rtol=1e-5, atol=1e-5 * np.abs(dense @ onehot).max())
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here")
+def test_a_replaced_cached_kernel_is_never_loaded(tmp_path, monkeypatch, caplog):
+    """A library swapped into the cache (same symbols, a constructor that runs code) fails the hash check;
+    one without the kernel's symbols is refused too: either way the pass falls back to torch ops."""
+    import subprocess
+
+    from influence_signals import kernel
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kernel.library.cache_clear()
+    try:
+        assert kernel.library() is not None
+        built = next((tmp_path / "cache" / "influence_signals").glob("fused_pass_*.so"))
+        assert (tmp_path / "cache" / "influence_signals").stat().st_mode & 0o777 == 0o700
+        marker = tmp_path / "ran"
+        evil = tmp_path / "evil.c"
+        evil.write_text(f'#include <stdio.h>\n__attribute__((constructor)) static void run(void) '
+                        f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n'
+                        'void fused_pass(void) {}\nint block_columns(void) { return 1; }\n')
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        subprocess.run([compiler, "-shared", "-fPIC", str(evil), "-o", str(built)], check=True)
+        kernel.library.cache_clear()
+        with caplog.at_level("WARNING"):
+            assert kernel.library() is None
+        assert "differs from the library built here" in caplog.text and not marker.exists()
+        digest = built.with_suffix(".sha256")
+        empty = tmp_path / "empty.c"
+        empty.write_text("int unrelated(void) { return 0; }\n")
+        subprocess.run([compiler, "-shared", "-fPIC", str(empty), "-o", str(built)], check=True)
+        digest.write_text(hashlib.sha256(built.read_bytes()).hexdigest())  # even with a matching hash: no symbol
+        import sys
+
+        fresh = subprocess.run([sys.executable, "-c", "from influence_signals import kernel; print(kernel.library())"],
+                               capture_output=True, text=True, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+        assert fresh.stdout.strip() == "None", fresh.stderr  # a fresh process: this one has the real library loaded
+    finally:
+        kernel.library.cache_clear()

@@ -14,7 +14,10 @@ Columns are grouped by class, each class padded with zero columns to a multiple 
 a zero error vector gives I = 0, so padding adds nothing to a positive sum, and no block straddles two
 classes. The C source is in this module, so that editing it changes the code fingerprint of the stages that
 use it. It is compiled with the system's C compiler into a per-user cache, keyed by the source, the flags
-and the CPU (512-bit vectors where the CPU has AVX-512, else 256-bit); without a compiler (or with
+and the CPU (512-bit vectors where the CPU has AVX-512, else 256-bit). The cache folder is private (0700,
+this user's); the library's hash is recorded at build and checked before every load, and a library that
+fails the check (or lacks the kernel's symbols) is not used: the pass falls back to torch ops, as without
+a compiler (or with
 ``INFLUENCE_SIGNALS_KERNEL=torch``) the engine runs the same pass with torch ops, and the tests check both
 against the dense definition. It links the OpenMP runtime that torch has loaded (``libgomp.so.1``), so its
 threads are torch's threads (``torch.set_num_threads``), not a second pool competing for the cores.
@@ -144,25 +147,52 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "influence_signals"
 
 
+class UntrustedKernel(OSError):
+    """The cached library is not one this user built: the pass runs with torch ops instead."""
+
+
+def _private(folder: Path) -> Path:
+    """``folder``, created 0700 if missing; refused unless this user owns it and nobody else can write to it."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid():
+        raise UntrustedKernel(f"{folder} belongs to uid {info.st_uid}, not this user")
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)  # ours: make it private (a library in it could have been replaced by others)
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _build(compiler: str) -> Path:
-    """Compile the kernel once per source, flags and CPU; a finished library is renamed into place atomically."""
+    """Compile the kernel once per source, flags and CPU into a private cache; a finished library is renamed
+    into place atomically, its hash written beside it (``.sha256``) and checked before every load."""
     key = hashlib.sha256("\n".join((SOURCE, *FLAGS, compiler, platform.machine(), _cpu())).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"fused_pass_{key}.so"
-    if target.exists():
+    folder = _private(_cache_dir())
+    target = folder / f"fused_pass_{key}.so"
+    digest = target.with_suffix(".sha256")
+    if target.exists() and digest.exists():
+        if target.stat().st_uid != os.getuid() or target.stat().st_mode & 0o022 or _sha256(target) != digest.read_text().strip():
+            raise UntrustedKernel(f"{target} differs from the library built here (replaced or edited)")
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         source = Path(tmp) / "fused_pass.c"
         source.write_text(SOURCE)
         built = Path(tmp) / target.name
         subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True, text=True)
+        os.chmod(built, 0o700)
+        (Path(tmp) / "digest").write_text(_sha256(built))
+        os.replace(Path(tmp) / "digest", digest)
         os.replace(built, target)
     return target
 
 
 @cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None (no compiler, a failed build, or ``INFLUENCE_SIGNALS_KERNEL=torch``)."""
+    """The compiled kernel, or None (no compiler, a failed build, a cached library that fails its check, or
+    ``INFLUENCE_SIGNALS_KERNEL=torch``): the pass then runs with torch ops."""
     if os.environ.get("INFLUENCE_SIGNALS_KERNEL", "auto") == "torch":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -171,11 +201,11 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.CalledProcessError) as err:
+        lib.fused_pass.restype, lib.block_columns.restype = None, _INT
+    except (OSError, AttributeError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
-        log.warning("the fused kernel did not build (%s): the pairwise pass runs with torch ops", detail)
+        log.warning("the fused kernel is not used (%s): the pairwise pass runs with torch ops", detail)
         return None
-    lib.fused_pass.restype, lib.block_columns.restype = None, _INT
     lib.fused_pass.argtypes = [_INT, _INT, _INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _INT,
                                _POINTER, _POINTER, _POINTER, _INT, _POINTER, ctypes.c_long, _POINTER]
     return lib
