@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from influence_signals import datasets, glitches
+from influence_signals import report as readme_report
 from influence_signals.debug import main as debug_main
 
 HERE = Path(__file__).parent
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print the summary; leave benchmarks/ as it is")
     args = parser.parse_args(argv)
     started, code = time.perf_counter(), code_digest()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in args.sets:
         for scenario in args.scenarios:
             for seed in range(args.seeds):
@@ -441,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_write:
         results.to_csv(RESULTS_CSV, index=False, float_format="%.4g")
         RESULTS_MD.write_text(text)
+        readme_report.update_benchmark(HERE.parent / "README.md", "detection")
 
 
 if __name__ == "__main__":

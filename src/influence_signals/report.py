@@ -224,10 +224,11 @@ def render_benchmark(results_md: Path, run: str | None = BENCHMARK_RUN, section:
     """A README section holding a benchmark script's results file as written: one run's ``## run`` section of
     it, or (``run=None``) its body below the title line."""
     text = results_md.read_text()
+    shown = BENCHMARK_SECTIONS[section][0]  # the file as the README names it, wherever it was read from
     if run is None:
-        body, origin = text.split("\n", 1)[1].strip(), f"From `{results_md}`"
+        body, origin = text.split("\n", 1)[1].strip(), f"From `{shown}`"
     elif f"\n## {run}\n" in text:
-        body, origin = text.split(f"\n## {run}\n", 1)[1].split("\n## ", 1)[0].strip(), f"From `{results_md}`, section *{run}*"
+        body, origin = text.split(f"\n## {run}\n", 1)[1].split("\n## ", 1)[0].strip(), f"From `{shown}`, section *{run}*"
     else:
         raise ValueError(f"{results_md} has no section '## {run}'; run its benchmark script first")
     start, end = markers(section)
@@ -238,9 +239,11 @@ BENCHMARK_SECTIONS = {"benchmark": (BENCHMARK, BENCHMARK_RUN), "detection": (DET
 
 
 def update_benchmark(readme: Path, section: str = "benchmark") -> None:
+    """Rewrite the README's ``section`` from its benchmark's results file (found beside the README)."""
     results_md, run = BENCHMARK_SECTIONS[section]
     text = readme.read_text()
-    write_text(readme, text.replace(section_text(text, section), render_benchmark(results_md, run, section)))
+    write_text(readme, text.replace(section_text(text, section),
+                                    render_benchmark(readme.parent / results_md, run, section)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
