@@ -95,3 +95,15 @@ def test_a_config_key_given_twice_is_refused(tmp_path):
     (tmp_path / "twice.yaml").write_text(text + "train:\n  models: {}\n")  # a second `train`: YAML keeps the last
     result = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "twice.yaml"), check=False)
     assert result.returncode != 0 and "the key 'train' is given twice" in result.stdout + result.stderr
+
+
+def test_every_rule_a_profile_names_exists():
+    import re
+
+    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in [ROOT / "Snakefile",
+                                                                           *(ROOT / "workflow/rules").glob("*.smk")]),
+                           flags=re.MULTILINE))
+    for profile in (ROOT / "profiles").glob("*/config.yaml"):
+        settings = yaml.safe_load(profile.read_text())
+        named = {*settings.get("set-threads", {}), *settings.get("set-resources", {})}
+        assert named <= rules, f"{profile} names rules that do not exist: {sorted(named - rules)}"

@@ -283,7 +283,7 @@ def _run_direct(plan: Plan, config: Mapping[str, Any]) -> None:
         progress(f"{step}: signals ...")
         _call(stages.compute_signals, {**common, "dense": common["dense"] if captum else None}, **tracin,
               row_block=signal_settings["row_block"],
-              col_block=signal_settings["col_block"], k_neighbours=signal_settings["k_neighbours"],
+              k_neighbours=signal_settings["k_neighbours"],
               use_baselines=signal_settings["baselines"], names=signal_settings["names"])
 
 

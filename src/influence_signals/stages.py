@@ -123,8 +123,8 @@ def dense_influence(factors: str, train_set: str, val_set: str, checkpoints: str
                           checkpoint_folder.verified_checkpoints(checkpoints), train_data, val_data)
 
 
-def compute_signals(factors: str, train_set: str, val_set: str, seed: int, row_block: int, col_block: int,
-                    k_neighbours: int, use_baselines: bool, names: Sequence[str] | None, device: str, scores: str,
+def compute_signals(factors: str, train_set: str, val_set: str, seed: int, row_block: int, k_neighbours: int,
+                    use_baselines: bool, names: Sequence[str] | None, device: str, scores: str,
                     per_epoch: str, detections: str, weighting: str = "lr", dense: str | None = None) -> None:
     """Every selected signal per training row (each input computed once) with the row's id and label, and the
     detector's verdict on every row (suspicion, glitch type, suggested label, confidence). Influence comes
@@ -135,8 +135,8 @@ def compute_signals(factors: str, train_set: str, val_set: str, seed: int, row_b
     chosen = [s.name for s in signals.SIGNALS if (names is None or s.name in names)
               and (use_baselines or s.kind != "baseline")]
     train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
-    inputs = signals.SignalInputs(influence.open_influence(factors, device, weighting, dense), store, row_block, col_block, k_neighbours,
-                                  seed, (train_data.x, val_data.x))
+    inputs = signals.SignalInputs(influence.open_influence(factors, device, weighting, dense), store, row_block,
+                                  k_neighbours=k_neighbours, seed=seed, data=(train_data.x, val_data.x))
     table, per_checkpoint, stepwise = signals.compute(inputs, chosen)
     table.insert(1, "id", train_data.ids)
     table.insert(2, "observed_label", store.y_train)
@@ -177,12 +177,12 @@ def evaluate(scores: str, errors: str, per_epoch: str, detections: str, factors:
     write_csv(accuracy, pd.DataFrame([row]))
 
 
-def score(factors: str, train_set: str, val_set: str, errors: str, seed: int, row_block: int, col_block: int,
-          k_neighbours: int, use_baselines: bool, names: Sequence[str] | None, device: str, scores: str, per_epoch: str,
+def score(factors: str, train_set: str, val_set: str, errors: str, seed: int, row_block: int, k_neighbours: int,
+          use_baselines: bool, names: Sequence[str] | None, device: str, scores: str, per_epoch: str,
           detections: str, metrics_out: str, epoch_metrics: str, accuracy: str, curves: str, weighting: str = "lr",
           dense: str | None = None) -> None:
     """Signals and their evaluation in one process (the pipeline's ``signals`` job): one start-up, not two."""
-    compute_signals(factors, train_set, val_set, seed, row_block, col_block, k_neighbours, use_baselines, names,
+    compute_signals(factors, train_set, val_set, seed, row_block, k_neighbours, use_baselines, names,
                     device, scores, per_epoch, detections, weighting, dense)
     evaluate(scores, errors, per_epoch, detections, factors, val_set, metrics_out, epoch_metrics, accuracy, curves)
 

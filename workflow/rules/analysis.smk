@@ -15,7 +15,6 @@ rule signals:
     params:
         seed=lambda w: int(w.seed),
         row_block=config["signals"]["row_block"],
-        col_block=config["signals"]["col_block"],
         k_neighbours=config["signals"]["k_neighbours"],
         use_baselines=config["signals"]["baselines"],
         names=config["signals"]["names"],
