@@ -74,6 +74,30 @@ def test_pred_probs_csv_holds_the_held_out_probabilities_of_every_row(table_run)
     assert accuracy >= 0.8  # held-out: models that never saw the row, trained on noisy labels
 
 
+def test_the_checkpoint_is_the_one_with_the_lowest_held_out_loss_computed_by_brute_force(table_run):
+    import yaml
+    from scipy.special import log_softmax
+
+    from influence_signals import config as cfg
+    from influence_signals.debug import Plan, collect
+    from influence_signals.factors import FactorStore
+
+    out, _ = table_run
+    config = cfg.validate(yaml.safe_load((out / "config.yaml").read_text()))
+    data = datasets.load("mine", {k: v for k, v in config["datasets"]["mine_f0"].items() if k not in ("fold", "folds")})
+    evidence = collect(Plan(out, "mine", "mlp", SEEDS, FOLDS), data, config)
+    losses, count = 0.0, 0
+    for seed in range(SEEDS):
+        for fold in range(FOLDS):
+            store = FactorStore(out / f"results/runs/mine_f{fold}/mlp/none/r10/s{seed}/factors")
+            logits = store.all("val_logits")  # (T, m, C)
+            losses = losses + (-log_softmax(logits.astype(np.float64), -1)[:, np.arange(len(store.y_val)), store.y_val]).sum(1)
+            count += len(store.y_val)
+    np.testing.assert_allclose(evidence.held_out_loss, losses / count, rtol=1e-6)
+    assert evidence.epoch == int(np.argmin(losses))
+    np.testing.assert_allclose(evidence.pred_probs.sum(1), 1.0)
+
+
 def test_suspects_csv_columns_order_and_labels(table_run):
     out, _ = table_run
     suspects = suspects_of(out)
@@ -216,8 +240,9 @@ def test_bad_input_exits_2_before_any_work(tmp_path, capsys, file, change, named
 
 
 def test_suspicion_table_is_the_detectors_verdict_on_the_whole_data_with_mean_scores():
-    """Two runs of twelve rows: the verdict comes from the held-out probabilities, the mean training loss and
-    the rows' own novelty (no clean reference); the per-signal columns are means over the runs."""
+    """Two runs of twelve rows: the verdict comes from the held-out probabilities, the training loss (both at
+    the chosen checkpoint) and the rows' own novelty (no clean reference); the per-signal columns are means
+    over the runs."""
     from influence_signals import detector
     from influence_signals.debug import Evidence
 
@@ -227,9 +252,10 @@ def test_suspicion_table_is_the_detectors_verdict_on_the_whole_data_with_mean_sc
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]] * 3)
     per_row = pd.DataFrame({"id": list(ids) * 2, "seed": 0, "fold": [0] * 12 + [1] * 12, "row": list(range(12)) * 2,
                             "observed_label": list(data.y) * 2, "loss": np.arange(24.0), "aum": np.ones(24)})
-    table = suspicion_table(Evidence(per_row, probs), data).set_index("id")
+    training_loss = np.linspace(0.1, 2.0, 12)
+    table = suspicion_table(Evidence(per_row, probs, training_loss, 3, np.ones(5)), data).set_index("id")
     novelty = detector.robust_novelty([data.x])
-    expected = detector.verdict(data.y, probs, novelty, training_loss=np.arange(12.0) + 6).set_index(ids)
+    expected = detector.verdict(data.y, probs, novelty, training_loss=training_loss).set_index(ids)
     assert list(table.index) == list(expected["suspicion"].sort_values(ascending=False, kind="mergesort").index)
     for column in ("glitch_type", "suggested_label", "suspicion", "confidence", "label_score"):
         np.testing.assert_array_equal(table.loc[ids, column].to_numpy(), expected[column].to_numpy())

@@ -553,7 +553,7 @@ def check_classes(dataset: DataSet, minimum: int = 2) -> None:
 
 
 def prepare(loaded: Loaded | DataSet, fraction: float, val_fraction: float, seed: int, fold: int | None = None,
-            folds: int | None = None) -> tuple[DataSet, DataSet, DataSet]:
+            folds: int | None = None, clip: float | None = None) -> tuple[DataSet, DataSet, DataSet]:
     """Stratified subsample of ``fraction`` of the rows, a stratified train / validation split, and the pool.
 
     With ``folds`` (cross-fitting, for debugging a user's data), the validation split is fold ``fold`` of
@@ -564,7 +564,9 @@ def prepare(loaded: Loaded | DataSet, fraction: float, val_fraction: float, seed
     split (the Far-CA source of another data set is drawn from it). Where nothing is held out (fraction 1,
     no test split) the pool is the whole data set: fine for a set used only as a source, and the config
     check refuses a source that a model was pre-trained on. Tabular features (the pool's too) are
-    standardised with the training split's mean and sd only (no leakage).
+    standardised with the training split's mean and sd only (no leakage), and with ``clip`` limited to
+    +/- that many sd: a column that is almost always one value (a border pixel of a table of images) would
+    otherwise feed values of 50 sd to the network.
     """
     from sklearn.model_selection import train_test_split
 
@@ -600,7 +602,9 @@ def prepare(loaded: Loaded | DataSet, fraction: float, val_fraction: float, seed
         mean = train.x.mean(axis=0)
         sd = train.x.std(axis=0)
         sd[sd == 0] = 1.0
-        train, val, pool = (replace(d, x=((d.x - mean) / sd).astype(np.float32)) for d in (train, val, pool))
+        limit = np.inf if clip is None else clip
+        train, val, pool = (replace(d, x=np.clip((d.x - mean) / sd, -limit, limit).astype(np.float32))
+                            for d in (train, val, pool))
     return train, val, pool
 
 

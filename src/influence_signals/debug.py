@@ -38,6 +38,10 @@ from .signals import cross_fitted_names
 
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+CLIP_SD = 5.0
+"""The networks' standardised inputs are limited to +/- 5 sd: a near-constant column (a border pixel of MNIST
+as a table) or a row pushed far out cannot swamp training. Top-k precision on MNIST-as-a-table label noise
+0.89 unclipped, 0.91 clipped at 8, 0.91 at 5; Image Segmentation 0.957 at 8, 0.961 at 5."""
 GLITCH, RATIO = "none", 10  # nothing injected: the glitches are the user's own; the ratio wildcard is unused
 META_COLUMNS = ("id", "seed", "fold", "row", "observed_label")
 
@@ -203,7 +207,7 @@ def build_config(name: str, spec: Mapping[str, Any], model: str, seeds: int, fol
     entries = {f"{name}_f{k}": {**spec, "fold": k, "folds": folds} for k in range(folds)}
     return {
         "device": device,
-        "prepare": {"fraction": 1.0},
+        "prepare": {"fraction": 1.0, "clip": CLIP_SD},
         "datasets": entries,
         "grid": [{"datasets": list(entries), "models": [model], "glitches": [GLITCH], "ratios": [RATIO],
                   "seeds": list(range(seeds))}],
@@ -271,7 +275,8 @@ def _run_direct(plan: Plan, config: Mapping[str, Any]) -> None:
                   "settings": settings, "download": config["download"], "device": config["device"]}
         progress(f"{step}: preparing ...")
         _call(stages.prepare, common, dataset=dataset, spec=config["datasets"][dataset], data_dir=config["data_dir"],
-              fraction=config["prepare"]["fraction"], val_fraction=config["prepare"]["val_fraction"], seed=split)
+              fraction=config["prepare"]["fraction"], val_fraction=config["prepare"]["val_fraction"], seed=split,
+              clip=config["prepare"]["clip"])
         _call(stages.inject, common, glitch=GLITCH, ratio=RATIO, options=cfg.glitch_options(config, GLITCH))
         progress(f"{step}: training ...")
         _call(stages.train, common, pretrained=None)
@@ -309,25 +314,41 @@ class Evidence:
     """What the runs say about every row of the user's data, in the data's row order.
 
     ``per_row``: one line per (run, training row) with its id, seed, fold, row and observed label and every
-    signal's score; ``pred_probs``: each row's out-of-sample class probabilities (last checkpoint of the
-    run that held it out), averaged over seeds.
+    signal's score (last checkpoint); ``epoch``: the checkpoint whose held-out rows' mean loss is lowest over
+    all runs (``held_out_loss`` per checkpoint); ``pred_probs``: each row's held-out class probabilities at
+    that checkpoint (from the run that held it out), averaged over seeds; ``training_loss``: its loss at
+    that checkpoint in the runs that trained on it, averaged.
     """
 
     per_row: pd.DataFrame
     pred_probs: np.ndarray
+    training_loss: np.ndarray
+    epoch: int
+    held_out_loss: np.ndarray
+
+
+def _cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row: -log p(observed label)."""
+    return np.asarray(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)))
 
 
 def collect(plan: Plan, data: datasets.DataSet, config: Mapping[str, Any]) -> Evidence:
-    """Read every run: its training rows' scores and its held-out rows' predicted probabilities.
+    """Read every run: its training rows' scores and losses, its held-out rows' predicted probabilities.
 
-    Checks that every row of the user's data is scored exactly ``seeds x (folds - 1)`` times in training and
-    held out exactly once per seed.
+    The checkpoint used is chosen by cross-validation: the one whose held-out rows have the lowest mean loss
+    over all runs. A network trained for a fixed number of epochs first learns and then memorises the wrong
+    labels; held out, that shows as a rising loss (MNIST as a table: lowest at epoch 5 of 30, top-k precision
+    0.88 there against 0.79 at the end), while one still learning (Image Segmentation) picks its last epochs.
+    Two passes over the runs' factors (the losses, then the chosen checkpoint), so memory stays O(rows x
+    classes). Checks that every row is scored exactly ``seeds x (folds - 1)`` times in training and held out
+    exactly once per seed.
     """
     from .factors import FactorStore
 
     ids = data.ids.astype(str)
     index = pd.Series(np.arange(len(ids)), index=ids)
-    held_out = np.zeros((plan.seeds, len(ids), data.n_classes))
+    runs = []  # (seed, store, training rows, training labels, held-out rows) of each run
+    loss_sums = None
     times_held_out = np.zeros((plan.seeds, len(ids)), dtype=int)
     frames = []
     for fold, seed in plan.runs():
@@ -346,16 +367,26 @@ def collect(plan: Plan, data: datasets.DataSet, config: Mapping[str, Any]) -> Ev
         if np.isnan(rows).any():
             raise RuntimeError(f"{run}: held-out ids that are not in {plan.name}")
         rows = rows.astype(int)
-        held_out[seed, rows] = _softmax(store.read("val_logits", store.n_checkpoints - 1))
+        losses = np.array([_cross_entropy(_softmax(store.read("val_logits", t)), data.y[rows]).sum()
+                           for t in range(store.n_checkpoints)])
+        loss_sums = losses if loss_sums is None else loss_sums + losses
         times_held_out[seed, rows] += 1
+        runs.append((seed, store, index.reindex(train.ids.astype(str)).to_numpy(dtype=int), train.y, rows))
     per_row = pd.concat(frames, ignore_index=True)
     counts = per_row["id"].value_counts().reindex(ids, fill_value=0)
     expected = plan.seeds * (plan.folds - 1)
     wrong = counts[counts != expected]
-    if len(wrong) or len(counts) != len(ids) or (times_held_out != 1).any():
+    if loss_sums is None or len(wrong) or len(counts) != len(ids) or (times_held_out != 1).any():
         raise RuntimeError(f"not every row was scored {expected} times in training and held out once per seed: "
                            f"{len(wrong)} rows scored otherwise (e.g. {dict(wrong.head(3))})")
-    return Evidence(per_row, held_out.mean(0))
+    held_out_loss = loss_sums / (plan.seeds * len(ids))
+    epoch = int(np.argmin(held_out_loss))
+    pred_probs = np.zeros((len(ids), data.n_classes))
+    training_loss = np.zeros(len(ids))
+    for _, store, train_rows, train_labels, rows in runs:
+        pred_probs[rows] += _softmax(store.read("val_logits", epoch)) / plan.seeds
+        training_loss[train_rows] += _cross_entropy(_softmax(store.read("train_logits", epoch)), train_labels) / expected
+    return Evidence(per_row, pred_probs, training_loss, epoch, held_out_loss)
 
 
 def score_columns(per_row: pd.DataFrame) -> list[str]:
@@ -371,9 +402,10 @@ def suspicion_table(evidence: Evidence, data: datasets.DataSet) -> pd.DataFrame:
     """The detector's verdict on every row of the user's data, the most suspicious first.
 
     No clean reference exists here (every fold holds the same glitches), so the detector gets the cross-fitted
-    models' out-of-sample probabilities and the row's mean loss while in training as label evidence, and a
-    contamination-robust novelty of each row against the rest of the data (``detector.robust_novelty``).
-    The per-signal columns are each score's mean over the runs where the row was in training.
+    models' held-out probabilities and the row's mean loss while in training, both at the checkpoint
+    ``collect`` chose, as label evidence, and a contamination-robust novelty of each row against the rest of
+    the data (``detector.robust_novelty``). The per-signal columns are each score's mean over the runs
+    where the row was in training.
     """
     from . import detector
 
@@ -382,7 +414,7 @@ def suspicion_table(evidence: Evidence, data: datasets.DataSet) -> pd.DataFrame:
     scores = score_columns(evidence.per_row)
     means = evidence.per_row.groupby("id", sort=False)[scores].mean().reindex(ids)
     novelty = detector.robust_novelty(novelty_spaces(data))
-    verdict = detector.verdict(labels, evidence.pred_probs, novelty, training_loss=means["loss"].to_numpy())
+    verdict = detector.verdict(labels, evidence.pred_probs, novelty, training_loss=evidence.training_loss)
     out = pd.DataFrame({
         "id": ids, "observed_label": labels, "glitch_type": verdict["glitch_type"].to_numpy(),
         "suggested_label": verdict["suggested_label"].to_numpy(), "suspicion": verdict["suspicion"].to_numpy(),

@@ -30,13 +30,14 @@ log = logging.getLogger("influence_signals")
 
 
 def prepare(dataset: str, spec: Mapping[str, Any], data_dir: str, download: bool, fraction: float,
-            val_fraction: float, seed: int, train: str, val: str, pool: str) -> None:
+            val_fraction: float, seed: int, train: str, val: str, pool: str, clip: float | None = None) -> None:
     """Load a data set, take the stratified subsample and write the train / validation splits and the pool.
 
     The pool holds the rows no model of this split trains on (a far-CA source draws from it).
     """
     loaded = datasets.load_split(dataset, spec, data_dir, download)
-    train_set, val_set, pool_set = datasets.prepare(loaded, fraction, val_fraction, seed, spec.get("fold"), spec.get("folds"))
+    train_set, val_set, pool_set = datasets.prepare(loaded, fraction, val_fraction, seed, spec.get("fold"), spec.get("folds"),
+                                                    clip)
     log.info("%s: %d train, %d validation and %d held-out rows, %d classes", dataset, len(train_set.y), len(val_set.y),
              len(pool_set.y), train_set.n_classes)
     datasets.save(train, train_set)

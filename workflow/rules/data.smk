@@ -13,6 +13,7 @@ rule prepare:
         download=config["download"],
         fraction=config["prepare"]["fraction"],
         val_fraction=config["prepare"]["val_fraction"],
+        clip=config["prepare"]["clip"],
         seed=lambda w: int(w.split),
         data=data_digest,
         code=stage_fingerprint("prepare"),
