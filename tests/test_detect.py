@@ -158,12 +158,20 @@ def test_in_a_mixture_each_type_is_scored_by_the_detectors_own_typing():
     errors = pd.DataFrame({"row": range(6), "glitched": [1, 1, 0, 1, 0, 0], "true_label": [0, 1, 1, 0, 1, 0],
                            "glitch": ["uniform", "outlier:stripe", "none", "uniform", "none", "none"]}).astype({"glitched": bool})
     verdict = pd.DataFrame({"row": range(6), "suspicion": [0.5, 0.9, 0.6, 0.4, 0.1, 0.2],
-                            "glitch_type": ["mislabel", "anomaly", "none", "mislabel", "none", "none"]})
+                            "glitch_type": ["mislabel", "anomaly", "none", "mislabel", "none", "none"],
+                            "label_score": [0.5, 0.9, 0.6, 0.4, 0.1, 0.2], "novelty": [0.0, 5.0, 0.1, 0.2, 0.3, 0.4]})
     typed = metrics.typed_detection(verdict, errors).set_index("target")
     # uniform: the two rows typed mislabel rank first -> both found; outlier: the one anomaly first
     assert typed.loc["uniform", "f1"] == 1.0 and typed.loc["outlier", "f1"] == 1.0
     plain = metrics.detection(verdict["suspicion"].to_numpy(), errors["glitch"].eq("uniform").to_numpy())
     assert plain["f1"] == 0.0  # the plain ranking puts the outlier and a clean row above both mislabels
+    # fewer rows typed than there are mislabels: the next candidates are untyped rows, never the typed anomaly
+    verdict.loc[3, "glitch_type"] = "none"
+    verdict.loc[3, "label_score"] = 0.3
+    typed = metrics.typed_detection(verdict, errors).set_index("target")
+    assert typed.loc["uniform", "f1"] == 0.5  # row 0 first, then the untyped row 2 (0.6) before row 3 (0.3)
+    verdict.loc[2, "label_score"] = 0.05
+    assert metrics.typed_detection(verdict, errors).set_index("target").loc["uniform", "f1"] == 1.0  # not row 1
 
 
 def test_label_score_is_the_threshold_adjusted_margin_by_hand():

@@ -109,16 +109,23 @@ def evaluate(scores: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
 
 def typed_detection(detections: pd.DataFrame, errors: pd.DataFrame) -> pd.DataFrame:
     """The detector scored on each glitch type of a mixture by its own verdict: the rows it typed as that
-    kind first (by suspicion), then the rest; one metrics row per target other than ``all``."""
+    kind first, then the rows it left untyped, last the rows it typed as the other kind (a row it calls an
+    anomaly is not its next mislabel candidate); within each group by its evidence for that kind (label
+    score for mislabels, novelty for anomalies). One metrics row per target but ``all``."""
+    from scipy.stats import rankdata
+
     from .glitches import kind_of
 
     detections = detections.sort_values("row")
-    suspicion = detections["suspicion"].to_numpy(dtype=np.float64)
+    kinds = detections["glitch_type"].to_numpy()
+    evidence = {"mislabel": "label_score", "anomaly": "novelty"}
     rows = []
     for target, mask in targets(errors).items():
         if target != "all":
-            typed = detections["glitch_type"].to_numpy() == kind_of(target)
-            rows.append({"target": target, "signal": "detector", **detection(suspicion + 10.0 * typed, mask)})
+            kind = kind_of(target)
+            own = rankdata(np.nan_to_num(detections[evidence[kind]].to_numpy(dtype=np.float64), nan=-np.inf)) / len(kinds)
+            typed, other = kinds == kind, (kinds != kind) & (kinds != "none")
+            rows.append({"target": target, "signal": "detector", **detection(own + 10.0 * typed - 10.0 * other, mask)})
     return pd.DataFrame(rows)
 
 
