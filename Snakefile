@@ -1,5 +1,6 @@
 # influence-signals: how well training-data influence signals find glitches in a training set.
 # Stages: prepare -> inject -> (pretrain) -> train (with its TracIn factors) -> signals -> aggregate -> figures.
+# With a `debug:` section (the debug command's config): crossfit (one job per seed) -> debug_report.
 # `snakemake --configfile mine.yaml` runs only what mine.yaml declares: config.yaml is read only when no
 # config file is given, and the schema's defaults fill the rest.
 from snakemake.utils import min_version
@@ -20,6 +21,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/debug.smk"
 
 
 onstart:
@@ -38,8 +40,10 @@ onerror:
 rule all:
     default_target: True
     input:
-        "results/summary.csv",
-        "results/summary.pdf",
-        expand("results/{figure}.pdf", figure=FIGURES),
-        expand("results/{table}.{ext}", table=TABLES, ext=("csv", "md")),
-        run_paths("dense_influence.npz") if config["influence"]["write_matrix"] else [],
+        list(paths.DEBUG_OUTPUTS.values()) if DEBUG else [
+            "results/summary.csv",
+            "results/summary.pdf",
+            *expand("results/{figure}.pdf", figure=FIGURES),
+            *expand("results/{table}.{ext}", table=TABLES, ext=("csv", "md")),
+            *(run_paths("dense_influence.npz") if config["influence"]["write_matrix"] else []),
+        ],

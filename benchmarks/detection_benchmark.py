@@ -12,8 +12,8 @@ label by class name, with glitches injected by the project's own glitch registry
   (labels kept); ``mixture``: 6 % uniform label noise and 4 % such anomalies on other rows.
 
 Our detector is run exactly as a user runs it: ``influence-signals debug data.csv --label label --id key``
-with its defaults (cross-fitted MLPs, no clean reference), in this process (``--no-snakemake``: the same
-stages in one process, without Snakemake's start-ups). The baselines see the same CSV: cleanlab's
+with its defaults (cross-fitted MLPs, no clean reference; Snakemake on 2 cores). The baselines see the same
+CSV: cleanlab's
 ``find_label_issues`` on 5-fold out-of-sample probabilities from HistGradientBoosting and from logistic
 regression (standardised features), Datalab's label and outlier issues with each of those probabilities
 and the standardised features, and Isolation Forest, LOF and the mean distance to the 5 nearest rows on
@@ -118,7 +118,7 @@ def make_case(name: str, scenario: str, seed: int) -> tuple[pd.DataFrame, pd.Dat
 def run_detector(csv: Path, out: Path) -> tuple[pd.DataFrame, float]:
     """``influence-signals debug`` with its defaults; its suspects.csv and wall seconds."""
     started = time.perf_counter()
-    code = debug_main(["debug", str(csv), "--label", "label", "--id", "key", "--out", str(out), "--no-snakemake"])
+    code = debug_main(["debug", str(csv), "--label", "label", "--id", "key", "--out", str(out), "--cores", "2"])
     seconds = time.perf_counter() - started
     if code != 0:
         raise RuntimeError(f"debug failed on {csv} (exit {code})")

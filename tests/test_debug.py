@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from influence_signals import datasets
-from influence_signals.debug import main, suspicion_table
+from influence_signals.crossfit import suspicion_table
+from influence_signals.debug import main
 
 CLASSES = np.array(["ant", "bee", "cat"])
 N_ROWS, N_FEATURES, N_FLIPPED = 300, 8, 30
@@ -42,7 +43,7 @@ def table_run(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     folder = tmp_path_factory.mktemp("debug_table")
     truth = write_table(folder / "mine.csv")
     code = main(["debug", str(folder / "mine.csv"), "--label", "target", "--id", "key", "--seeds", str(SEEDS),
-                 "--folds", str(FOLDS), "--cores", "1", "--out", str(folder / "report"), "--no-snakemake"])
+                 "--folds", str(FOLDS), "--cores", "2", "--out", str(folder / "report")])
     assert code == 0
     return folder / "report", truth
 
@@ -56,13 +57,19 @@ def test_every_row_is_scored_once_per_seed_and_fold_with_its_id_and_no_id_featur
     suspects = suspects_of(out)
     assert sorted(suspects["id"]) == sorted(truth.index) and suspects["id"].is_unique
     assert (suspects["n_scores"] == SEEDS * (FOLDS - 1)).all()
+    from influence_signals import paths
+    from influence_signals.artifacts import load_npz
+    from influence_signals.factors import FactorStore
+
     for seed in range(SEEDS):
-        ids = pd.concat([pd.read_csv(out / f"results/runs/mine_f{k}/mlp/none/r10/s{seed}/scores.csv", dtype={"id": str})["id"]
-                         for k in range(FOLDS)])
+        run = out / paths.crossfit("mine", "mlp", seed)
+        ids = pd.concat([pd.read_csv(run / f"f{k}" / "scores.csv", dtype={"id": str})["id"] for k in range(FOLDS)])
         assert (ids.value_counts() == FOLDS - 1).all() and set(ids) == set(truth.index)  # in training in K - 1 folds
-    train = datasets.load_saved(out / "results/data/mine_f0/none/r10/s0/train.npz")
-    assert train.x.shape[1] == N_FEATURES  # the id column is not a feature
-    assert set(train.ids) <= set(truth.index)
+        held_out = np.concatenate([load_npz(run / f"f{k}" / "split.npz")["val_ids"] for k in range(FOLDS)])
+        assert sorted(held_out) == sorted(truth.index)  # held out exactly once per seed
+    assert not list((out / "results").rglob("*.pt"))  # no checkpoints left: the factors hold what is read
+    store = FactorStore(out / paths.crossfit("mine", "mlp", 0) / "f0" / "factors")
+    assert store.meta.dim == 192  # the network's features: the id column was no input (N_FEATURES columns are)
 
 
 def test_pred_probs_csv_holds_the_held_out_probabilities_of_every_row(table_run):
@@ -79,17 +86,18 @@ def test_the_checkpoint_is_the_one_with_the_lowest_held_out_loss_computed_by_bru
     from scipy.special import log_softmax
 
     from influence_signals import config as cfg
-    from influence_signals.debug import Plan, collect
+    from influence_signals import crossfit, paths
     from influence_signals.factors import FactorStore
 
     out, _ = table_run
     config = cfg.validate(yaml.safe_load((out / "config.yaml").read_text()))
-    data = datasets.load("mine", {k: v for k, v in config["datasets"]["mine_f0"].items() if k not in ("fold", "folds")})
-    evidence = collect(Plan(out, "mine", "mlp", SEEDS, FOLDS), data, config)
+    data = datasets.load("mine", config["datasets"]["mine"])
+    runs = [out / paths.crossfit("mine", "mlp", seed) for seed in range(SEEDS)]
+    evidence = crossfit.collect(runs, FOLDS, data)
     losses, count = 0.0, 0
     for seed in range(SEEDS):
         for fold in range(FOLDS):
-            store = FactorStore(out / f"results/runs/mine_f{fold}/mlp/none/r10/s{seed}/factors")
+            store = FactorStore(runs[seed] / f"f{fold}" / "factors")
             logits = store.all("val_logits")  # (T, m, C)
             losses = losses + (-log_softmax(logits.astype(np.float64), -1)[:, np.arange(len(store.y_val)), store.y_val]).sum(1)
             count += len(store.y_val)
@@ -196,7 +204,7 @@ def test_image_folder_report_shows_thumbnails(tmp_path):
             Image.fromarray((pixels * 255).astype(np.uint8)).save(tmp_path / "images" / name / f"im{i}.png")
     out = tmp_path / "report"
     assert main(["debug", str(tmp_path / "images"), "--model", "resnet20", "--epochs", "1", "--folds", "2", "--seeds", "1",
-                 "--cores", "1", "--out", str(out), "--no-snakemake"]) == 0
+                 "--cores", "2", "--out", str(out)]) == 0
     suspects = suspects_of(out)
     assert len(suspects) == 16 and (suspects["n_scores"] == 1).all()
     assert set(suspects["id"]) == {f"{c}/im{i}.png" for c in ("dark", "light") for i in range(8)}
@@ -214,14 +222,17 @@ def test_through_snakemake_only_this_datas_jobs_run(tmp_path, capfd):
     assert main([*args, "--dry-run"]) == 0
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", capfd.readouterr().out, flags=re.MULTILINE))
     planned.pop("total")
-    assert {rule: int(n) for rule, n in planned.items()} == {rule: 2 for rule in ("prepare", "inject", "train",
-                                                                              "signals")}  # no figure, table or aggregate
+    assert {rule: int(n) for rule, n in planned.items()} == {"crossfit": 1, "debug_report": 1, "all": 1}
     assert not (tmp_path / "report" / "suspects.csv").exists()
     assert main(args) == 0
+    printed = capfd.readouterr().out
+    assert "3 of 3 jobs done" in printed and "rule crossfit" not in printed  # progress, not Snakemake's job blocks
+    assert "rule crossfit" in (tmp_path / "report" / "snakemake.log").read_text()
     suspects = suspects_of(tmp_path / "report")
     assert len(suspects) == 120 and (suspects["n_scores"] == 1).all()
-    assert (tmp_path / "report/results/runs/small_f1/mlp/none/r10/s0/scores.csv").exists()
+    assert (tmp_path / "report/results/crossfit/small/mlp/s0/f1/scores.csv").exists()
     assert not (tmp_path / "report/results/summary.csv").exists()
+    assert main(args) == 0 and "0 of" not in capfd.readouterr().out  # nothing to redo: the same outputs
     assert parse_report(tmp_path / "report" / "report.html").by_id["n-rows"].strip() == "120"
 
 
@@ -233,7 +244,7 @@ def test_through_snakemake_only_this_datas_jobs_run(tmp_path, capfd):
 ])
 def test_bad_input_exits_2_before_any_work(tmp_path, capsys, file, change, named):
     write_table(tmp_path / "t.csv", n_rows=60, n_flipped=0)
-    assert main(["debug", str(tmp_path / file), *change, "--out", str(tmp_path / "report"), "--no-snakemake"]) == 2
+    assert main(["debug", str(tmp_path / file), *change, "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and named in err
     assert not (tmp_path / "report").exists()
@@ -244,7 +255,7 @@ def test_suspicion_table_is_the_detectors_verdict_on_the_whole_data_with_mean_sc
     the chosen checkpoint) and the rows' own novelty (no clean reference); the per-signal columns are means
     over the runs."""
     from influence_signals import detector
-    from influence_signals.debug import Evidence
+    from influence_signals.crossfit import Evidence
 
     ids = np.array([f"r{i}" for i in range(12)])
     data = datasets.DataSet("t", np.array([[0.0], [0.1], [0.2], [9.0]] * 3, dtype=np.float32), np.array([0, 0, 1, 1] * 3),
@@ -273,20 +284,18 @@ def test_the_output_folder_is_never_one_with_files_the_command_did_not_write(tmp
     if os.getuid() != 0:  # root writes anywhere
         cases[f"readonly/{'sub'}"] = "cannot write there"
     for out, message in cases.items():
-        args = ["debug", str(tmp_path / "t.csv"), "--label", "target", "--id", "key", "--out", str(tmp_path / out),
-                "--no-snakemake"]
+        args = ["debug", str(tmp_path / "t.csv"), "--label", "target", "--id", "key", "--out", str(tmp_path / out)]
         assert main([*args, "--dry-run"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert (tmp_path / "theirs" / "config.yaml").read_text() == "mine: true\n"  # untouched, even by --dry-run
     ours = tmp_path / "ours"
-    args = ["debug", str(tmp_path / "t.csv"), "--label", "target", "--id", "key", "--out", str(ours), "--no-snakemake",
-            "--dry-run"]
+    args = ["debug", str(tmp_path / "t.csv"), "--label", "target", "--id", "key", "--out", str(ours), "--dry-run"]
     assert main(args) == 0 and main(args) == 0  # its own folder, again
 
 
 def test_formula_like_ids_are_written_so_that_a_spreadsheet_shows_them_as_text():
-    from influence_signals.debug import spreadsheet_safe
+    from influence_signals.crossfit import spreadsheet_safe
 
     table = pd.DataFrame({"id": ["=HYPERLINK(\"http://x\")", "plain", "+1+A1", "@sum", "-2"], "score": [1.0, -2.0, 3.0, 4.0, 5.0]})
     safe = spreadsheet_safe(table)

@@ -56,6 +56,7 @@ def schema() -> dict[str, Any]:
     props["glitch_options"]["properties"] = {g.name: g.options_schema() for g in GLITCHES if g.options}
     props["train"]["properties"]["models"]["propertyNames"]["enum"] = MODELS.names()
     props["pretrain"]["propertyNames"] = {"enum": MODELS.names()}
+    props["debug"]["properties"]["model"]["enum"] = MODELS.names()
     mixture = props["glitch_options"]["properties"]["mixture"]["properties"]
     mixture["components"]["propertyNames"] = {"enum": [g.name for g in GLITCHES if g.in_mixtures]}
     every_score = score_names()
@@ -262,7 +263,16 @@ def check(config: Mapping[str, Any]) -> None:
                 if spec.requires_source(glitch_options(config, glitch)):
                     _check_source(config, glitch, name, block["models"])
         models_used.update(block["models"])
-    if not all_jobs(config):
+    debug = config.get("debug")
+    if debug:
+        if debug["dataset"] not in datasets:
+            raise DataError(f"config debug.dataset: {debug['dataset']!r} is not declared under `datasets`")
+        modality = dataset_modality(config, debug["dataset"])
+        if modality and MODELS[debug["model"]].modality != modality:
+            raise ConfigError(f"config debug.model: {debug['model']} is for {MODELS[debug['model']].modality} data but "
+                              f"{debug['dataset']} is {modality}")
+        models_used.add(debug["model"])
+    elif not all_jobs(config):
         raise ConfigError("config: no jobs; give a `grid` or a figure with a grid")
     _check_training(config, models_used)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import datasets, detector, glitches, metrics, signals
-from .artifacts import load_npz, save_npz, write_csv
+from .artifacts import load_npz, save_npz, write_csv, write_text
 from .factors import FactorStore
 
 if TYPE_CHECKING:
@@ -186,6 +186,63 @@ def score(factors: str, train_set: str, val_set: str, errors: str, seed: int, ro
     compute_signals(factors, train_set, val_set, seed, row_block, k_neighbours, use_baselines, names,
                     device, scores, per_epoch, detections, weighting, dense)
     evaluate(scores, errors, per_epoch, detections, factors, val_set, metrics_out, epoch_metrics, accuracy, curves)
+
+
+def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, settings: Mapping[str, Any], folds: int,
+             seed: int, clip: float | None, row_block: int, k_neighbours: int, names: Sequence[str], weighting: str,
+             runs: str) -> None:
+    """One seed of the debug command: a model per fold of a stratified ``folds``-fold partition (drawn with
+    ``seed``) of the user's data, trained on the other folds, its TracIn factors, history and every selected
+    signal per training row, in ``runs/f<k>`` (``crossfit``). One job and one start-up per seed, not four
+    per fold; checkpoints are kept only while a fold trains (its factors hold what the signals need)."""
+    import tempfile
+
+    from . import crossfit as folds_of
+    from . import influence, training
+    from .artifacts import atomic_path
+
+    loaded = datasets.load_split(dataset, spec, data_dir, False)
+    device = settings.get("device", "cpu")
+    with atomic_path(runs, directory=True) as tmp:
+        for fold in range(folds):
+            train_set, held_out, _ = datasets.prepare(loaded, 1.0, 0.2, seed, fold, folds, clip)
+            folder = tmp / f"f{fold}"
+            folder.mkdir()
+            log.info("fold %d of %d: %d rows in training, %d held out", fold + 1, folds, len(train_set.y), len(held_out.y))
+            folds_of.save_split(folder / "split.npz", train_set, held_out)
+            net = _build(model, train_set, settings, seed)
+            _load_pretrained(net, model, settings.get("pretrained"), None, False)
+            with tempfile.TemporaryDirectory(dir=tmp) as checkpoints:
+                history = training.train(net, train_set, held_out, _train_settings(settings, seed),
+                                         f"{checkpoints}/checkpoints", folder / "factors")
+            write_csv(folder / "history.csv", history)
+            store = FactorStore(folder / "factors")
+            inputs = signals.SignalInputs(influence.open_influence(str(folder / "factors"), device, weighting, None), store,
+                                          row_block, k_neighbours=k_neighbours, seed=seed, data=(train_set.x, held_out.x))
+            table, _, _ = signals.compute(inputs, names)
+            table.insert(1, "id", train_set.ids)
+            table.insert(2, "observed_label", store.y_train)
+            write_csv(folder / "scores.csv", table)
+
+
+def debug_report(runs: Sequence[str], dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, folds: int,
+                 settings: Mapping[str, Any], top: float, suspects: str, pred_probs: str, report: str) -> None:
+    """The detector's verdict on every row of the user's data from the seeds' cross-fitted runs (``runs``, in
+    seed order): ``suspects.csv``, ``pred_probs.csv`` and ``report.html``."""
+    from . import crossfit as folds_of
+    from . import html_report
+
+    data = datasets.load(dataset, spec, data_dir)
+    evidence = folds_of.collect(runs, folds, data)
+    log.info("checkpoint %d of %d has the lowest held-out loss (%.4f)", evidence.epoch + 1, len(evidence.held_out_loss),
+             evidence.held_out_loss[evidence.epoch])
+    table = folds_of.named(folds_of.suspicion_table(evidence, data), data.class_names)
+    write_csv(suspects, folds_of.spreadsheet_safe(table))
+    write_csv(pred_probs, folds_of.spreadsheet_safe(folds_of.held_out_table(evidence, data)))
+    flagged = set(table.loc[table["glitch_type"] != "none", "id"])
+    harms = folds_of.harmed_rows(runs, evidence.per_row, list(table["id"].head(10)), flagged)
+    context = html_report.report_context(runs, folds, model, data, spec, table, harms, top, settings)
+    write_text(report, html_report.render_report(context))
 
 
 def _with_job(paths: Sequence[str], keys: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 import re
 
 from influence_signals import config as cfg
+from influence_signals import paths
 from influence_signals import warm
 from influence_signals.checkpoints import manifest_problem
 from influence_signals.fingerprint import stage_fingerprint
@@ -19,7 +20,8 @@ for job in JOBS:  # a finished run whose checkpoint sizes differ from its manife
         raise WorkflowError(f"{problem}; delete {folder} to retrain it")
 FIGURES = sorted(config["figures"])
 TABLES = sorted(config["tables"])
-RUN = "results/runs/{dataset}/{model}/{glitch}/r{ratio}/s{seed}"
+RUN = paths.RUN
+DEBUG = config.get("debug")  # the debug command's config: its cross-fitted runs and report instead of the study
 
 
 def alternatives(names):
@@ -110,3 +112,9 @@ def table_inputs(wildcards):
 
 def table_jobs(wildcards):
     return [job.wildcards for job in cfg.target_jobs(config, "tables", wildcards.table)]
+
+
+def debug_runs(wildcards):
+    """Every seed's cross-fitted runs of the debug command, in seed order."""
+    debug = config["debug"]
+    return [paths.crossfit(debug["dataset"], debug["model"], seed) for seed in range(debug["seeds"])]
