@@ -117,6 +117,7 @@ def make_case(name: str, scenario: str, seed: int) -> tuple[pd.DataFrame, pd.Dat
 
 def run_detector(csv: Path, out: Path) -> tuple[pd.DataFrame, float]:
     """``influence-signals debug`` with its defaults; its suspects.csv and wall seconds."""
+    shutil.rmtree(out, ignore_errors=True)  # the benchmark's own folder from an earlier run: the command starts afresh
     started = time.perf_counter()
     code = debug_main(["debug", str(csv), "--label", "label", "--id", "key", "--out", str(out), "--cores", "2"])
     seconds = time.perf_counter() - started
