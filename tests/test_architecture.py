@@ -18,7 +18,7 @@ from influence_signals.signals import SIGNALS, labels
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "influence_signals"
-STAGES = ["prepare", "inject", "train", "dense_influence", "compute_signals", "evaluate", "score", "aggregate", "figure",
+STAGES = ["prepare", "inject", "train", "dense_influence", "compute_signals", "evaluate", "signals", "aggregate", "figure",
           "table"]
 
 
@@ -67,16 +67,16 @@ def test_editing_a_helper_used_by_signals_reruns_signals_and_what_follows_only(t
     edited = _edited_copy(tmp_path, "signals", "    t -= t.mean()\n", "    t = t - t.mean()  # edited\n")
     after = {stage: fingerprint.stage_fingerprint(stage, edited) for stage in STAGES}
     changed = {stage for stage in STAGES if before[stage] != after[stage]}
-    assert changed == {"compute_signals", "score", "aggregate", "figure", "table"}  # figures and tables read signal labels
+    assert changed == {"compute_signals", "signals", "aggregate", "figure", "table"}  # figures and tables read signal labels
 
 
 @pytest.mark.parametrize("module,old,new,expected", [
     ("stages", 'JOB_KEYS = ("dataset", "model", "glitch", "ratio")', 'JOB_KEYS = ("dataset", "model", "glitch", "ratio", "seed")',
      {"aggregate"}),  # a module constant of stages reaches the stage that uses it, and no other
     ("training", "    return seed * 100_003 + epoch", "    return seed * 100_019 + epoch",
-     {"train", "dense_influence", "compute_signals", "score", "aggregate", "figure", "table"}),
+     {"train", "dense_influence", "compute_signals", "signals", "aggregate", "figure", "table"}),
     ("influence", "        return len(self.checkpoints)\n", "        return len(self.checkpoints)  # edited\n",
-     {"dense_influence", "compute_signals", "score", "aggregate", "figure", "table"}),  # the engine: training stays cached
+     {"dense_influence", "compute_signals", "signals", "aggregate", "figure", "table"}),  # the engine: training stays cached
 ])
 def test_a_changed_constant_or_helper_reaches_its_stages(tmp_path, module, old, new, expected):
     before = {stage: fingerprint.stage_fingerprint(stage) for stage in STAGES}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -88,7 +89,8 @@ def package_copy(folder: Path, extra: str) -> Path:
     for module in package.glob("*.py"):
         (folder / "influence_signals" / module.name).write_text(module.read_text())
     copied = folder / "influence_signals" / "stages.py"
-    copied.write_text(copied.read_text() + "\n\n" + extra)
+    names = re.findall(r"^def (\w+)\(", extra, flags=re.MULTILINE)
+    copied.write_text(copied.read_text() + "\n\n" + extra + "".join(f"\nSTAGES[{n!r}] = {n}" for n in names) + "\n")
     return copied
 
 

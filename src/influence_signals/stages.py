@@ -1,7 +1,8 @@
 """The pipeline's stages as plain functions of paths and settings.
 
-Snakemake scripts call ``warm.run_from_snakemake``, which maps the job's named inputs, outputs and params
-onto a stage's keyword arguments (``run_job``); tests and users call the same functions directly. torch,
+Every rule runs ``workflow/scripts/stage.py``, which calls ``warm.run_from_snakemake`` with the rule's name:
+``STAGES`` maps it to its stage, and ``call`` binds the job's named inputs, outputs and params to the stage's
+parameters of the same names; tests and users call the same functions directly. torch,
 Captum and seaborn are imported inside the stages that use them, so that a job run in its own process (no
 warm server) starts seconds faster where it needs none of them.
 """
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import datasets, detector, glitches, metrics, signals
+from . import datasets, detector, glitches, metrics
+from . import signals as signal_registry
 from .artifacts import load_npz, save_npz, write_csv, write_text
 from .factors import FactorStore
 
@@ -133,12 +135,12 @@ def compute_signals(factors: str, train_set: str, val_set: str, seed: int, row_b
     from . import influence
 
     store = FactorStore(factors)
-    chosen = [s.name for s in signals.SIGNALS if (names is None or s.name in names)
+    chosen = [s.name for s in signal_registry.SIGNALS if (names is None or s.name in names)
               and (use_baselines or s.kind != "baseline")]
     train_data, val_data = datasets.load_saved(train_set), datasets.load_saved(val_set)
-    inputs = signals.SignalInputs(influence.open_influence(factors, device, weighting, dense), store, row_block,
+    inputs = signal_registry.SignalInputs(influence.open_influence(factors, device, weighting, dense), store, row_block,
                                   k_neighbours=k_neighbours, seed=seed, data=(train_data.x, val_data.x))
-    table, per_checkpoint, stepwise = signals.compute(inputs, chosen)
+    table, per_checkpoint, stepwise = signal_registry.compute(inputs, chosen)
     table.insert(1, "id", train_data.ids)
     table.insert(2, "observed_label", store.y_train)
     # the verdict needs a clean reference: a run on a user's data (no detector selected) writes only its header
@@ -178,7 +180,7 @@ def evaluate(scores: str, errors: str, per_epoch: str, detections: str, factors:
     write_csv(accuracy, pd.DataFrame([row]))
 
 
-def score(factors: str, train_set: str, val_set: str, errors: str, seed: int, row_block: int, k_neighbours: int,
+def signals(factors: str, train_set: str, val_set: str, errors: str, seed: int, row_block: int, k_neighbours: int,
           use_baselines: bool, names: Sequence[str] | None, device: str, scores: str, per_epoch: str,
           detections: str, metrics_out: str, epoch_metrics: str, accuracy: str, curves: str, weighting: str = "lr",
           dense: str | None = None) -> None:
@@ -217,9 +219,9 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
                                          f"{checkpoints}/checkpoints", folder / "factors")
             write_csv(folder / "history.csv", history)
             store = FactorStore(folder / "factors")
-            inputs = signals.SignalInputs(influence.open_influence(str(folder / "factors"), device, weighting, None), store,
+            inputs = signal_registry.SignalInputs(influence.open_influence(str(folder / "factors"), device, weighting, None), store,
                                           row_block, k_neighbours=k_neighbours, seed=seed, data=(train_set.x, held_out.x))
-            table, _, _ = signals.compute(inputs, names)
+            table, _, _ = signal_registry.compute(inputs, names)
             table.insert(1, "id", train_set.ids)
             table.insert(2, "observed_label", store.y_train)
             write_csv(folder / "scores.csv", table)
@@ -294,9 +296,20 @@ def configure_logging(path: str | None) -> None:
     root.setLevel(logging.INFO)
 
 
+TRIGGERS = frozenset({"code", "data", "caption"})
+"""Rule params that exist only so that a change reruns the job (code fingerprints, the user's files, a figure's
+caption for Snakemake's report): no stage takes them."""
+
+
 def call(stage: Callable[..., None], kwargs: Mapping[str, Any]) -> None:
-    """Call ``stage`` with the keywords it accepts: a rule names all of its files and params, a stage takes its own."""
+    """Call ``stage`` with a job's named inputs, outputs and params, each bound to the parameter of its name.
+
+    A name the stage does not take (a misspelt param) is an error, not silently dropped, except ``TRIGGERS``;
+    a parameter without a value and without a default fails as Python's call does."""
     accepted = inspect.signature(stage).parameters
+    unknown = sorted(set(kwargs) - set(accepted) - TRIGGERS)
+    if unknown:
+        raise TypeError(f"stage {stage.__name__} takes no {', '.join(unknown)}; its parameters: {', '.join(accepted)}")
     stage(**{key: value for key, value in kwargs.items() if key in accepted})
 
 
@@ -314,7 +327,15 @@ def run_job(stage: str, log_file: str | None, threads: int, kwargs: Mapping[str,
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     try:
-        call(globals()[stage], kwargs)
+        call(STAGES[stage], kwargs)
     except Exception:
         log.exception("%s failed", stage)  # into the job's log, which Snakemake points the user to
         raise
+
+
+STAGES: dict[str, Callable[..., None]] = {
+    "prepare": prepare, "inject": inject, "pretrain": train, "train": train, "dense_influence": dense_influence,
+    "signals": signals, "aggregate": aggregate, "figure": figure, "table": table, "crossfit": crossfit,
+    "debug_report": debug_report,
+}
+"""Each workflow rule's stage, by the rule's name (``pretrain`` runs ``train`` on a source data set)."""

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -110,7 +111,8 @@ def job_from_snakemake(smk: Any, stage: str) -> dict[str, Any]:
 
 
 def run_from_snakemake(smk: Any, stage: str) -> None:
-    """Run ``stage`` (a function of ``stages``) for a Snakemake job: warm where a server answers, else here."""
+    """Run ``stage`` (a rule's name, a key of ``stages.STAGES``) for a Snakemake job: warm where a server
+    answers, else here."""
     job = job_from_snakemake(smk, stage)
     status = submit(job)
     if status is None:
@@ -189,12 +191,13 @@ def _read_exactly(connection: socket.socket, size: int) -> bytes:
 # Snakemake's side: the server's life
 
 
-def start() -> Server:
+def start(wait: float = 60.0) -> Server:
     """Launch a server for this process's jobs and point them at it (``$INFLUENCE_SIGNALS_WARM``).
 
-    Its socket is ``sock`` in a new private directory. The server imports in the background: jobs that start
-    before it listens run in their own process. It exits with ``stop``, or by itself once this process has
-    gone; ``start`` first removes directories that servers killed without cleaning up left behind.
+    Its socket is ``sock`` in a new private directory. ``start`` waits up to ``wait`` seconds for it to
+    listen: jobs started meanwhile would import the same libraries beside it, on the same cores, and run
+    cold (after that, they do). It exits with ``stop``, or by itself once this process has gone; ``start``
+    first removes directories that servers killed without cleaning up left behind.
     """
     global _server
     stop()
@@ -205,6 +208,9 @@ def start() -> Server:
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, TOKEN_ENV: token})
     server = Server(os.path.join(folder, "sock"), _server.pid, token)
     os.environ[ENV] = server.encode()
+    deadline = time.monotonic() + wait
+    while not os.path.exists(server.address) and _server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     return server
 
 

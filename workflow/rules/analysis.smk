@@ -20,7 +20,7 @@ rule signals:
         names=config["signals"]["names"],
         weighting=config["influence"]["weighting"],
         device=config["device"],
-        code=stage_fingerprint("score"),
+        code=stage_fingerprint("signals"),
     log:
         "results/logs/signals/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.log",
     benchmark:
@@ -29,7 +29,7 @@ rule signals:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/signals.py"
+        "../scripts/stage.py"
 
 
 rule aggregate:
@@ -52,4 +52,4 @@ rule aggregate:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/aggregate.py"
+        "../scripts/stage.py"

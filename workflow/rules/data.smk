@@ -25,7 +25,7 @@ rule prepare:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/prepare.py"
+        "../scripts/stage.py"
 
 
 rule inject:
@@ -48,4 +48,4 @@ rule inject:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/inject.py"
+        "../scripts/stage.py"

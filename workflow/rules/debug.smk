@@ -27,7 +27,7 @@ rule crossfit:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/crossfit.py"
+        "../scripts/stage.py"
 
 
 rule debug_report:
@@ -52,4 +52,4 @@ rule debug_report:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/debug_report.py"
+        "../scripts/stage.py"

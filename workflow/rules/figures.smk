@@ -21,7 +21,7 @@ rule figure:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/figure.py"
+        "../scripts/stage.py"
 
 
 rule table:
@@ -42,4 +42,4 @@ rule table:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/table.py"
+        "../scripts/stage.py"

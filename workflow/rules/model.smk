@@ -22,7 +22,7 @@ rule pretrain:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/train.py"
+        "../scripts/stage.py"
 
 
 rule train:
@@ -46,7 +46,7 @@ rule train:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/train.py"
+        "../scripts/stage.py"
 
 
 rule dense_influence:
@@ -73,4 +73,4 @@ rule dense_influence:
     conda:
         "../../envs/pipeline.yaml"
     script:
-        "../scripts/dense_influence.py"
+        "../scripts/stage.py"
