@@ -81,8 +81,9 @@ def test_user_tables_are_checked(tmp_path):
     path.write_text("a,b,label\n1,,x\n3,4,y\n")
     with pytest.raises(DataError, match="label column 'target' missing"):
         datasets.load("mine", {"loader": "table", "path": str(path), "label": "target"})
-    with pytest.raises(DataError, match="NaN"):
-        datasets.load("mine", {"loader": "table", "path": str(path), "label": "label"})
+    blank = datasets.load("mine", {"loader": "table", "path": str(path), "label": "label"})
+    np.testing.assert_array_equal(blank.x, [[1, 4, 1], [3, 4, 0]])  # the blank: the median, marked in a column
+    assert blank.notes == ("b: 1 blanks set to the median, marked in a column of their own",)
     with pytest.raises(DataError, match="unknown data set 'imagenet'"):
         datasets.load("imagenet")
 

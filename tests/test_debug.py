@@ -301,3 +301,32 @@ def test_formula_like_ids_are_written_so_that_a_spreadsheet_shows_them_as_text()
     safe = spreadsheet_safe(table)
     assert list(safe["id"]) == ["'=HYPERLINK(\"http://x\")", "plain", "'+1+A1", "'@sum", "-2"]
     assert list(safe["score"]) == [1.0, -2.0, 3.0, 4.0, 5.0]  # numbers stay numbers
+
+
+def test_a_real_world_table_with_text_booleans_blanks_and_dates_is_scored_row_by_row(tmp_path, capsys):
+    """Categories become 0 / 1 columns, yes / no columns 0 / 1, blanks the median plus a marker column; dates
+    and free text are named and left out; every row is scored with its id, the page shows the original values."""
+    rng = np.random.default_rng(4)
+    n = 150
+    label = rng.integers(0, 3, n)
+    frame = pd.DataFrame({
+        "key": [f"p-{i:03d}" for i in rng.permutation(n)],
+        "size": np.where(rng.random(n) < 0.1, np.nan, label + rng.normal(0, 0.3, n)),
+        "colour": np.where(rng.random(n) < 0.05, None, np.array(["red", "green", "blue"])[label]),
+        "member": np.where(label == 1, "yes", "no"),
+        "flag": label == 2,
+        "joined": [f"2024-0{1 + i % 9}-1{i % 10}" for i in range(n)],
+        "comment": [f"free text number {i} about this row" for i in range(n)],
+        "kind": np.array(["ant", "bee", "cat"])[label],
+    })
+    frame.to_csv(tmp_path / "real.csv", index=False)
+    out = tmp_path / "report"
+    assert main(["debug", str(tmp_path / "real.csv"), "--label", "kind", "--id", "key", "--seeds", "1", "--folds", "3",
+                 "--epochs", "3", "--cores", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "joined: dates, not used" in printed and "comment: 150 distinct texts" in printed
+    assert "colour: 3 categories" in printed and "size: " in printed and "blanks set to the median" in printed
+    suspects = suspects_of(out)
+    assert sorted(suspects["id"]) == sorted(frame["key"]) and suspects["suspicion"].notna().all()
+    page = (out / "report.html").read_text()
+    assert "colour=" in page and ("=red" in page or "=green" in page or "=blue" in page)  # as written, not encoded

@@ -113,10 +113,10 @@ def test_a_truncated_artifact_is_named(tmp_path):
         load_npz(tmp_path / "a.npz")
 
 
-def test_rows_with_nan_are_named_by_their_ids(tmp_path):
-    path = tmp_path / "t.csv"
-    path.write_text("id,a,y\n" + "".join(f"r{i},{'nan' if i in (3, 11) else i},{'xy'[i % 2]}\n" for i in range(20)))
-    with pytest.raises(DataError, match=r"2 rows hold NaN .*\(rows r3, r11\)"):
+def test_rows_with_infinite_values_are_named_by_their_ids(tmp_path):
+    path = tmp_path / "t.csv"  # blanks are imputed (and marked); an infinite value is an error in the data
+    path.write_text("id,a,y\n" + "".join(f"r{i},{'inf' if i in (3, 11) else i},{'xy'[i % 2]}\n" for i in range(20)))
+    with pytest.raises(DataError, match=r"2 rows hold NaN or infinite .*\(rows r3, r11\)"):
         datasets.load("mine", {"loader": "table", "path": str(path), "label": "y", "id": "id"})
 
 

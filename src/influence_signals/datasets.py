@@ -42,6 +42,7 @@ class DataSet:
     class_names: tuple[str, ...]
     modality: Modality
     ids: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))
+    notes: tuple[str, ...] = ()  # how a user's columns were read (encoded, imputed, left out); not saved
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
@@ -304,12 +305,8 @@ def load_cifar10(data_dir: Path, download: bool = False, **_: Any) -> Loaded:
 OPENML = {"jannis": (41168, "class"), "covertype": (1596, "class"), "epsilon": ("epsilon", "class")}
 
 
-def read_table(path: Path, label: str, name: str, id: str | None = None, drop: Sequence[str] = ()) -> DataSet:
-    """A user's CSV or ARFF table: numeric feature columns, one label column (any values), an optional id column.
-
-    The id column and the ``drop`` columns are never features: an id often encodes the row's order, which
-    on class-sorted files predicts the label.
-    """
+def read_frame(path: Path, name: str) -> pd.DataFrame:
+    """A CSV or ARFF file as it is, every column (text decoded)."""
     if not path.exists():
         raise _missing(path, name, "Point the data set's `path` at a CSV or ARFF file.")
     if path.stat().st_size == 0:
@@ -323,10 +320,20 @@ def read_table(path: Path, label: str, name: str, id: str | None = None, drop: S
             for column in frame.columns:
                 if frame[column].dtype == object:
                     frame[column] = frame[column].str.decode("utf-8")
-        else:
-            frame = pd.read_csv(path)
+            return frame
+        return pd.read_csv(path)
     except (ValueError, OSError, NotImplementedError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"{name}: cannot read {path} as {'ARFF' if path.suffix.lower() == '.arff' else 'CSV'}: {err}") from None
+
+
+def read_table(path: Path, label: str, name: str, id: str | None = None, drop: Sequence[str] = ()) -> DataSet:
+    """A user's CSV or ARFF table: feature columns of any kind (``encode_features``), one label column (any
+    values), an optional id column.
+
+    The id column and the ``drop`` columns are never features: an id often encodes the row's order, which
+    on class-sorted files predicts the label.
+    """
+    frame = read_frame(path, name)
     if frame.empty:
         raise DataError(f"{name}: {path} has a header but no rows")
     for role, column in (("label", label), ("id", id), *(("drop", c) for c in drop)):
@@ -335,16 +342,75 @@ def read_table(path: Path, label: str, name: str, id: str | None = None, drop: S
     features = frame.drop(columns=[label, *([id] if id else []), *drop])
     if features.shape[1] == 0:
         raise DataError(f"{name}: {path} has no feature columns besides the label, id and dropped ones")
-    non_numeric = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if non_numeric:
-        raise DataError(f"{name}: non-numeric feature columns {non_numeric[:5]} in {path}; encode them or list them under `drop`")
+    x, notes = encode_features(features)
+    if x.shape[1] == 0:
+        raise DataError(f"{name}: no usable feature column in {path} ({'; '.join(notes)})")
     if frame[label].isna().any():
         raise DataError(f"{name}: {int(frame[label].isna().sum())} rows of {path} have no label")
     ids = frame[id].astype(str).to_numpy() if id else np.arange(len(frame)).astype(str)
     if id and len(set(ids)) != len(ids):
         raise DataError(f"{name}: id column {id!r} of {path} has duplicate values; ids must name one row each")
     classes, y = np.unique(frame[label].astype(str).to_numpy(), return_inverse=True)
-    return _checked(name, features.to_numpy(), y, tuple(classes), "tabular", ids)
+    return replace(_checked(name, x, y, tuple(classes), "tabular", ids), notes=tuple(notes))
+
+
+MAX_CATEGORIES = 50
+TRUTH = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0, "t": 1.0, "f": 0.0, "y": 1.0, "n": 0.0}
+
+
+def _numeric(values: pd.Series, column: str, out: list[np.ndarray], notes: list[str]) -> None:
+    """A numeric column as it is, or with its blanks set to the median and a 0 / 1 column marking them."""
+    numbers = values.astype(np.float64)
+    blank = numbers.isna().to_numpy()
+    if blank.all():
+        notes.append(f"{column}: every value is blank, not used")
+        return
+    if blank.any():
+        out.append(numbers.fillna(float(numbers.median())).to_numpy())
+        out.append(blank.astype(np.float64))
+        notes.append(f"{column}: {int(blank.sum())} blanks set to the median, marked in a column of their own")
+    else:
+        out.append(numbers.to_numpy())
+
+
+def encode_features(features: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """The numeric features of a real table, and a note on each column that was changed or left out.
+
+    Numbers stay numbers (blanks: the median plus a missingness column); text that is numbers is read as
+    numbers; yes / no, true / false columns become 0 / 1; text with at most ``MAX_CATEGORIES`` distinct values
+    becomes one 0 / 1 column per value (blanks a value of their own); dates and text with more distinct
+    values (free text, codes) are left out and named, not refused.
+    """
+    out: list[np.ndarray] = []
+    notes: list[str] = []
+    for column in features.columns:
+        values = features[column]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            _numeric(values.astype(np.float64), str(column), out, notes)
+            continue
+        text = values.astype("string").str.strip()
+        present = text.notna() & (text != "")
+        numbers = pd.to_numeric(text.where(present), errors="coerce")
+        distinct = text[present].str.lower().unique()
+        if present.any() and numbers[present].notna().mean() >= 0.95:
+            _numeric(numbers, str(column), out, notes)
+        elif present.any() and set(distinct) <= set(TRUTH):
+            _numeric(text.str.lower().map(TRUTH), str(column), out, notes)
+            notes.append(f"{column}: read as yes / no")
+        elif present.any() and pd.to_datetime(text[present], errors="coerce", format="mixed").notna().mean() >= 0.95 \
+                and text[present].str.contains(r"\d[-/:.]\d", regex=True).mean() >= 0.95:
+            notes.append(f"{column}: dates, not used")
+        elif 0 < len(set(text[present])) <= MAX_CATEGORIES:
+            levels = sorted(set(text[present]))
+            for level in levels:
+                out.append((text == level).fillna(False).to_numpy(dtype=np.float64))
+            if not present.all():
+                out.append((~present).to_numpy(dtype=np.float64))
+            notes.append(f"{column}: {len(levels)} categories, one 0 / 1 column each")
+        else:
+            notes.append(f"{column}: {len(set(text[present]))} distinct texts (free text or codes?), not used; "
+                         "list it under --drop to silence this")
+    return (np.stack(out, axis=1) if out else np.zeros((len(features), 0))), notes
 
 
 def load_table(path: str, label: str, name: str = "table", id: str | None = None, drop: Sequence[str] = (),

@@ -228,6 +228,8 @@ def debug(args: argparse.Namespace) -> int:
     name = args.name or dataset_name(path)
     progress(f"loading {path} ...")
     data = datasets.load(name, spec)
+    for note in data.notes:
+        progress(f"  {note}")
     datasets.check_classes(data, minimum=max(args.folds, 4))
     model = args.model or ("resnet20" if data.modality == "image" else "mlp")
     settings = train_settings(model, args)

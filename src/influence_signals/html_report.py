@@ -31,21 +31,18 @@ def thumbnail(path: Path, size: int = 72) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def feature_names(spec: Mapping[str, Any], n_features: int) -> list[str]:
-    """The feature columns of a table in file order (what the table loader keeps), for display."""
-    path = Path(spec["path"])
-    try:
-        if path.suffix.lower() == ".arff":
-            from scipy.io import arff
+def original_rows(spec: Mapping[str, Any], ids: np.ndarray) -> pd.DataFrame:
+    """The user's table as written (feature columns only, text and blanks included), indexed by row id:
+    what the page shows, not the encoded numbers the networks saw."""
+    frame = datasets.read_frame(Path(spec["path"]), "table")
+    frame = frame.drop(columns=[c for c in (spec["label"], spec.get("id"), *spec.get("drop", ())) if c in frame.columns])
+    return frame.set_axis(ids.astype(str), axis=0)
 
-            columns = list(arff.loadarff(path)[1].names())
-        else:
-            columns = list(pd.read_csv(path, nrows=0).columns)
-    except (OSError, ValueError):
-        columns = []
-    skipped = {spec["label"], spec.get("id"), *spec.get("drop", ())}
-    names = [str(c) for c in columns if c not in skipped]
-    return names if len(names) == n_features else [f"x{i}" for i in range(n_features)]
+
+def shown(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.4g}"
+    return str(value)
 
 
 def histogram(values: np.ndarray, cut: float, bins: int = 20, width: int = 520, height: int = 160) -> dict[str, Any]:
@@ -63,11 +60,10 @@ def report_context(runs: Sequence[str | Path], folds: int, model: str, data: dat
                    suspects: pd.DataFrame, harms: Mapping[str, pd.DataFrame], top: float, settings: Mapping[str, Any],
                    n_top_rows: int = 20, n_explained: int = 10) -> dict[str, Any]:
     names = data.class_names
-    index = {row_id: i for i, row_id in enumerate(data.ids.astype(str))}
     n_cut = max(1, int(round(top * len(suspects))))
     kinds = Counter(suspects["glitch_type"])
     accuracy = [pd.read_csv(folder / "history.csv")["val_accuracy"].iloc[-1] for _, _, folder in fold_folders(runs, folds)]
-    columns = feature_names(spec, data.x.shape[1]) if data.modality == "tabular" else []
+    original = original_rows(spec, data.ids) if data.modality == "tabular" else None
     rows = []
     for rank, line in enumerate(suspects.head(n_top_rows).itertuples(index=False), start=1):
         entry = {"rank": rank, "id": line.id, "observed": line.observed_label, "suggested": line.suggested_label,
@@ -76,9 +72,10 @@ def report_context(runs: Sequence[str | Path], folds: int, model: str, data: dat
         if data.modality == "image":
             entry["thumbnail"] = thumbnail(Path(spec["path"]) / str(line.id))
         else:
-            values = data.x[index[str(line.id)]]
-            entry["features"] = [(c, f"{v:.4g}") for c, v in zip(columns[:40], values[:40])]
-            entry["more_features"] = max(0, len(columns) - 40)
+            assert original is not None
+            values = original.loc[str(line.id)]
+            entry["features"] = [(str(c), shown(v)) for c, v in list(values.items())[:40]]
+            entry["more_features"] = max(0, len(values) - 40)
         rows.append(entry)
     flagged = suspects[suspects["glitch_type"] == "mislabel"]
     pairs = Counter(zip(flagged["observed_label"], flagged["suggested_label"])).most_common()
