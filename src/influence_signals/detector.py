@@ -21,6 +21,7 @@ score which. Declared anomalies rank first (by novelty), every other row by its 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -326,3 +327,24 @@ def verdict(labels: np.ndarray, pred_probs: np.ndarray, novelty: Novelty, score:
     columns = (rows, suspicion, glitch_type, np.where(anomalous, -1, suggested), confidence, score, novelty.score,
                novelty.p_values)
     return pd.DataFrame(dict(zip(VERDICT_COLUMNS, columns)))
+
+
+def detect(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray, features: np.ndarray | None = None,
+           training_loss: np.ndarray | None = None) -> pd.DataFrame:
+    """The detector on arrays, as cleanlab's ``find_label_issues(labels, pred_probs)`` is: integer ``labels``
+    (n,), out-of-sample ``pred_probs`` (n, C), and optionally ``features`` (n, ...) for the anomaly check
+    (``robust_novelty``; without them no row is an anomaly) and each row's ``training_loss``. Returns the
+    verdict per row in the input's order (``VERDICT_COLUMNS``)."""
+    labels = np.asarray(labels)
+    probs = np.asarray(pred_probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise ValueError(f"pred_probs must be (n, classes) for {len(labels)} labels, got shape {probs.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise ValueError(f"labels must be integers 0..{probs.shape[1] - 1} (the columns of pred_probs)")
+    if not np.allclose(probs.sum(1), 1.0, atol=1e-3) or (probs < 0).any():
+        raise ValueError("pred_probs rows must be probabilities summing to 1 (apply a softmax first)")
+    if features is None:
+        novelty = Novelty(np.zeros(len(labels)), np.zeros(len(labels), dtype=bool), np.ones(len(labels)))
+    else:
+        novelty = robust_novelty([np.asarray(features, dtype=np.float64).reshape(len(labels), -1)])
+    return verdict(labels, probs, novelty, training_loss=None if training_loss is None else np.asarray(training_loss))

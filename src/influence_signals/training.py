@@ -343,12 +343,16 @@ def train(model: AdaptedModel, train_set: DataSet, val_set: DataSet, settings: T
 
 
 @torch.no_grad()
-def logits_and_features(model: AdaptedModel, inputs: torch.Tensor, forward: Callable[..., torch.Tensor],
-                        device: torch.device, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """The model's logits and the head's input (penultimate features) for every row, in eval mode."""
+def logits_and_features(model: torch.nn.Module, inputs: torch.Tensor, forward: Callable[..., torch.Tensor],
+                        device: torch.device, batch_size: int = 1024, head: torch.nn.Module | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's logits and the head's input (penultimate features) for every row, in eval mode; ``head``
+    is the final layer (default: an ``AdaptedModel``'s own)."""
     model.eval()
     captured: list[torch.Tensor] = []
-    hook = model.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    head = head if head is not None else model.head  # type: ignore[assignment]
+    assert head is not None
+    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     logits = []
     try:
         for start in range(0, len(inputs), batch_size):
