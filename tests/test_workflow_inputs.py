@@ -100,9 +100,9 @@ def test_a_config_key_given_twice_is_refused(tmp_path):
 def test_every_rule_a_profile_names_exists():
     import re
 
-    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in [ROOT / "Snakefile",
-                                                                           *(ROOT / "workflow/rules").glob("*.smk")]),
-                           flags=re.MULTILINE))
+    workflow = ROOT / "src/influence_signals/workflow"
+    text = "".join(p.read_text() for p in [workflow / "Snakefile", *(workflow / "rules").glob("*.smk")])
+    rules = set(re.findall(r"^rule (\w+):", text, flags=re.MULTILINE))
     for profile in (ROOT / "profiles").glob("*/config.yaml"):
         settings = yaml.safe_load(profile.read_text())
         named = {*settings.get("set-threads", {}), *settings.get("set-resources", {})}

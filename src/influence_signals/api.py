@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
+SNAKEFILE = Path(__file__).resolve().parent / "workflow" / "Snakefile"  # shipped in the wheel
 CLIP_SD = 5.0
 """The networks' standardised inputs are limited to +/- 5 sd: a near-constant column (a border pixel of MNIST
 as a table) or a row pushed far out cannot swamp training. Top-k precision on MNIST-as-a-table label noise
@@ -186,9 +186,10 @@ def run_snakemake(out: Path, config_file: Path, cores: int, dry_run: bool = Fals
     terminal with ``verbose`` or ``dry_run``), and each finished job sends a progress line with the time left
     to ``say``."""
     if not SNAKEFILE.exists():
-        raise ConfigError(f"the workflow {SNAKEFILE} is not next to the package (installed without the repository?)")
+        raise ConfigError(f"the workflow {SNAKEFILE} is missing from the installed package; reinstall it")
     command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(out), "--configfile",
-               str(config_file), "--cores", str(cores), *(["-n"] if dry_run else []), *extra]
+               str(config_file), "--cores", str(cores), "--scheduler", "greedy",  # as profiles/default: no ILP solver
+               *(["-n"] if dry_run else []), *extra]
     started = time.monotonic()
     with open(out / "snakemake.log", "w") as log, subprocess.Popen(command, cwd=out, stdout=subprocess.PIPE,
                                                                    stderr=subprocess.STDOUT, text=True) as process:

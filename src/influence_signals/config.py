@@ -22,7 +22,7 @@ from .models import MODELS
 from .plots import FIGURE_KINDS
 from .signals import SIGNALS, score_names
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parent / "workflow" / "schemas" / "config.schema.yaml"
 PRETRAINED_KEYWORDS = ("none", "pipeline", "torchvision", "hub", "package")
 
 

@@ -23,7 +23,7 @@ rule prepare:
         "results/benchmarks/prepare/{dataset}_split{split}.tsv"
     threads: 1
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"
 
@@ -46,6 +46,6 @@ rule inject:
         "results/benchmarks/inject/{dataset}_{glitch}_r{ratio}_s{seed}.tsv"
     threads: 1
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"

@@ -27,7 +27,7 @@ rule signals:
         "results/benchmarks/signals/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
     threads: threads_for("signals")
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"
 
@@ -50,6 +50,6 @@ rule aggregate:
         "results/benchmarks/aggregate.tsv"
     threads: 1
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"

@@ -19,7 +19,7 @@ rule figure:
         "results/benchmarks/figures/{figure}.tsv"
     threads: 1
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"
 
@@ -40,6 +40,6 @@ rule table:
         "results/benchmarks/tables/{table}.tsv"
     threads: 1
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"

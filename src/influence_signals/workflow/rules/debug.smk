@@ -25,7 +25,7 @@ rule crossfit:
         "results/benchmarks/crossfit/{dataset}/{model}/s{seed}.tsv"
     threads: threads_for("train")
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"
 
@@ -50,6 +50,6 @@ rule debug_report:
         "results/benchmarks/debug_report.tsv"
     threads: 1
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"

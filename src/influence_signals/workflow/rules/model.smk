@@ -20,7 +20,7 @@ rule pretrain:
         "results/benchmarks/pretrain/{model}_{source}_split{split}.tsv"
     threads: threads_for("train")
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"
 
@@ -44,7 +44,7 @@ rule train:
         "results/benchmarks/train/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
     threads: threads_for("train")
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"
 
@@ -71,6 +71,6 @@ rule dense_influence:
         "results/benchmarks/dense_influence/{dataset}/{model}/{glitch}/r{ratio}/s{seed}.tsv"
     threads: threads_for("influence")
     conda:
-        "../../envs/pipeline.yaml"
+        "../envs/pipeline.yaml"
     script:
         "../scripts/stage.py"

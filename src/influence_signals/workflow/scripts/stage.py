@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 - works without installing
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[2]))  # type: ignore[name-defined]  # noqa: F821 - works uninstalled
 from influence_signals import warm  # noqa: E402 - the standard library only: a warm job starts at once
 
-warm.run_from_snakemake(snakemake, snakemake.rule)  # noqa: F821 - injected by Snakemake
+warm.run_from_snakemake(snakemake, snakemake.rule)  # type: ignore[name-defined]  # noqa: F821 - injected by Snakemake
