@@ -241,6 +241,8 @@ def test_through_snakemake_only_this_datas_jobs_run(tmp_path, capfd):
     ("t.csv", ["--label", "target", "--id", "missing_id"], "id column 'missing_id'"),
     ("t.csv", ["--label", "target", "--drop", "ghost"], "drop column 'ghost'"),
     ("gone.csv", ["--label", "target"], "no such file"),
+    ("t.csv", ["--label", "target", "--id", "key", "--model", "xgboost"], "--model xgboost: not a model; for a table use one of mlp, resnet, ft_transformer"),
+    ("t.csv", ["--label", "target", "--id", "key", "--model", "resnet20"], "a model for image data; for a table use"),
 ])
 def test_bad_input_exits_2_before_any_work(tmp_path, capsys, file, change, named):
     write_table(tmp_path / "t.csv", n_rows=60, n_flipped=0)

@@ -251,6 +251,12 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
         progress(f"  {note}")
     datasets.check_classes(loaded, minimum=max(folds, 4))
     model = model or ("resnet20" if loaded.modality == "image" else "mlp")
+    from .models import MODELS
+
+    fitting = [m.name for m in MODELS if m.modality == loaded.modality]
+    if model not in fitting:
+        raise ConfigError(f"--model {model}: {'not a model' if model not in MODELS else 'a model for ' + MODELS[model].modality + ' data'};"
+                          f" for {'a table' if loaded.modality == 'tabular' else 'images'} use one of {', '.join(fitting)}")
     settings = train_settings(model, epochs, lr, batch_size, pretrained)
     config = build_config(name, spec, model, seeds, folds, settings, device, top)
     cfg.validate(copy.deepcopy(config))  # a bad setting stops here, before any work
