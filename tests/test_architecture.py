@@ -83,3 +83,32 @@ def test_a_changed_constant_or_helper_reaches_its_stages(tmp_path, module, old, 
     edited = _edited_copy(tmp_path, module, old, new)
     changed = {stage for stage in STAGES if fingerprint.stage_fingerprint(stage, edited) != before[stage]}
     assert changed == expected
+
+
+def test_a_toy_signal_and_a_toy_glitch_added_in_one_place_each_appear_everywhere(monkeypatch):
+    """One registry entry each: the schema's enums, a mixture's components, the plot labels, the README's
+    tables, the debug command's signals and the computed scores follow without another edit."""
+    from influence_signals import datasets, glitches, report, signals
+
+    monkeypatch.setattr(signals.SIGNALS, "_entries", dict(signals.SIGNALS._entries))
+    monkeypatch.setattr(glitches.GLITCHES, "_entries", dict(glitches.GLITCHES._entries))
+    signals.SIGNALS.add(signals.Signal(name="toy_signal", label="Toy", needs=("self_influence",), kind="influence",
+                                       of_view=lambda v: -v.si))
+    def toy(train, ratio, rng):
+        flipped, table = glitches.uniform_noise(train, ratio, rng)
+        table.loc[table["glitched"], "glitch"] = "toy_glitch"
+        return flipped, table
+
+    glitches.GLITCHES.add(glitches.GlitchType(name="toy_glitch", label="Toy glitch", inject=toy, kind="mislabel"))
+    schema = cfg.schema()
+    assert "toy_signal" in schema["properties"]["signals"]["properties"]["names"]["items"]["enum"]
+    assert {"toy_signal", "toy_signal_first"} <= set(schema["properties"]["plot_signals"]["items"]["enum"])
+    assert "toy_glitch" in schema["$defs"]["grid"]["items"]["properties"]["glitches"]["items"]["enum"]
+    mixture = schema["properties"]["glitch_options"]["properties"]["mixture"]["properties"]
+    assert "toy_glitch" in mixture["components"]["propertyNames"]["enum"] and "toy_glitch" in mixture
+    assert "toy_signal" in signals.table_names() and "toy_signal" in signals.cross_fitted_names()
+    assert signals.labels()["toy_signal_first"] == "Toy, first epoch"
+    data = datasets.make_tabular(n_rows=100, n_features=3, n_classes=2, seed=0)
+    mixed, table = glitches.inject(data, "mixture", 0.2, 0, options={"components": {"toy_glitch": 0.5, "uniform": 0.5}})
+    assert set(table["glitch"]) == {"none", "toy_glitch", "uniform"} and len(mixed.y) == 100
+    assert "toy_signal" in report.table_names()

@@ -58,7 +58,9 @@ def schema() -> dict[str, Any]:
     props["pretrain"]["propertyNames"] = {"enum": MODELS.names()}
     props["debug"]["properties"]["model"]["enum"] = MODELS.names()
     mixture = props["glitch_options"]["properties"]["mixture"]["properties"]
-    mixture["components"]["propertyNames"] = {"enum": [g.name for g in GLITCHES if g.in_mixtures]}
+    mixable = [g for g in GLITCHES if g.in_mixtures]
+    mixture["components"]["propertyNames"] = {"enum": [g.name for g in mixable]}
+    mixture.update({g.name: g.options_schema() for g in mixable})  # each component's own options, by its name
     every_score = score_names()
     props["signals"]["properties"]["names"]["items"]["enum"] = SIGNALS.names()
     props["plot_signals"]["items"]["enum"] = every_score

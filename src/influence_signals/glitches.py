@@ -367,8 +367,8 @@ GLITCHES.add(GlitchType(
     needs_source=lambda options: "far_ca" in options.get("components", {"far_ca": 1}),
     options={"components": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
                             "description": "glitch type -> its share of the ratio, e.g. {uniform: 0.5, far_ca: 0.5}"},
-             "sources": {"type": "object", "additionalProperties": {"type": "string"}},
-             **{g.name: g.options_schema() for g in GLITCHES if g.in_mixtures}}))  # each component's own options
+             "sources": {"type": "object", "additionalProperties": {"type": "string"}}}))
+# each component's own options, under its name, are added to the mixture's schema from the registry (config.schema)
 
 
 def read_error_table(path: str) -> pd.DataFrame:

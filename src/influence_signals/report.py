@@ -21,7 +21,7 @@ import pandas as pd
 
 from .artifacts import write_text
 from .glitches import GLITCHES
-from .signals import labels
+from .signals import labels, table_names
 
 SECTIONS = {"results": Path("docs/results"), "real": Path("docs/results-real")}  # README section -> its summaries
 
@@ -32,9 +32,7 @@ def markers(section: str) -> tuple[str, str]:
 
 START, END = markers("results")
 STUDY_SIGNALS = ("si", "mi", "aai", "gd_class")
-TABLE_SIGNALS = ("si", "mi", "aai", "gd_class", "sign_aware", "class_contrast", "harm_concentration", "si_first",
-                 "cnci", "pcid", "cfrank", "knn_distance", "grad_norm", "loss", "aum", "confident_learning",
-                 "isolation_forest", "clean_reference", "novelty", "detector")
+TABLE_SIGNALS = tuple(table_names())  # from the registry: a new signal appears in the tables
 SINGLE_SIGNALS = tuple(s for s in TABLE_SIGNALS if s != "detector")
 
 

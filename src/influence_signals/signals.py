@@ -213,6 +213,7 @@ class Signal(Entry):
     of_view: Callable[[View], np.ndarray] | None = None  # influence signals: also per checkpoint ("<name>_first")
     of_inputs: Callable[[SignalInputs], np.ndarray] | None = None
     clean_reference: bool = False  # treats the validation rows as clean: meaningless where they are not (debug)
+    in_tables: bool = True  # a row of the README's F1 tables (the SI trajectory summaries are not)
 
     def __post_init__(self) -> None:
         if (self.of_view is None) == (self.of_inputs is None):
@@ -298,11 +299,11 @@ _add(Signal(name="pcid", label="PCID", needs=("class_masses", "relabelled"), kin
 # CFRank: each row's rank under CNCI and under PCID (0 = least suspicious), the larger kept
 _add(Signal(name="cfrank", label="CFRank", needs=("class_masses", "relabelled"), kind="influence",
             of_inputs=lambda i: np.maximum(ordinal_ranks(i.cnci), ordinal_ranks(i.pcid))))
-_add(Signal(name="si_max", label="SI, max over epochs", needs=("self_influence",), kind="dynamics",
+_add(Signal(name="si_max", label="SI, max over epochs", needs=("self_influence",), kind="dynamics", in_tables=False,
             of_inputs=lambda i: i.unweighted_self_influence.max(0)))
-_add(Signal(name="si_area", label="SI, area over epochs", needs=("self_influence",), kind="dynamics",
+_add(Signal(name="si_area", label="SI, area over epochs", needs=("self_influence",), kind="dynamics", in_tables=False,
             of_inputs=lambda i: _trapezoid(i.unweighted_self_influence)))
-_add(Signal(name="si_slope", label="SI slope", needs=("self_influence",), kind="dynamics",
+_add(Signal(name="si_slope", label="SI slope", needs=("self_influence",), kind="dynamics", in_tables=False,
             of_inputs=lambda i: slope(i.unweighted_self_influence)))
 _add(Signal(name="knn_distance", label="kNN distance", needs=("features",), kind="novelty", of_inputs=knn_distance))
 _add(Signal(name="grad_norm", label="Gradient norm", needs=("features", "logits"), kind="novelty", of_inputs=grad_norm))
@@ -322,6 +323,13 @@ _add(Signal(name="detector", label="Detector (ours)", needs=("features", "logits
             clean_reference=True, of_inputs=lambda i: i.detections["suspicion"].to_numpy()))
 
 FIRST_SUFFIX = "_first"  # "<signal>_first": the signal from the first checkpoint alone (the study's early-epoch view)
+
+
+def table_names() -> list[str]:
+    """The rows of the README's F1 tables: every signal that asks for one, the influence signals followed by
+    SI from the first checkpoint alone (the study's early-epoch view), then the others."""
+    influence = [s.name for s in SIGNALS if s.in_tables and s.kind == "influence"]
+    return [*influence, f"si{FIRST_SUFFIX}", *(s.name for s in SIGNALS if s.in_tables and s.kind != "influence")]
 
 
 def cross_fitted_names() -> list[str]:
