@@ -270,3 +270,20 @@ def test_the_verdict_sets_anomalies_aside_and_flags_the_estimated_count_of_misla
     np.testing.assert_array_equal(verdict["suggested_label"].to_numpy()[flipped], true[flipped])
     order = np.argsort(-verdict["suspicion"].to_numpy(), kind="stable")
     assert set(order[:10]) == set(range(390, 400)) and verdict["suspicion"].between(0, 1).all()
+
+
+def test_the_repair_follows_the_estimated_noise_when_the_probabilities_are_torn():
+    """Class 0 is flipped into class 1 (never 2 into 1): a row labelled 1 that looks as much like 0 as like 2
+    is most likely a flipped 0, which the estimated transitions say and the bare probabilities cannot."""
+    rng = np.random.default_rng(0)
+    true = np.repeat([0, 1, 2], 200)
+    probs = np.full((600, 3), 0.05)
+    probs[np.arange(600), true] = 0.9
+    labels = true.copy()
+    labels[rng.choice(200, 60, replace=False)] = 1  # 30 % of class 0 labelled 1
+    transitions = detector.noise_transitions(labels, probs)
+    np.testing.assert_allclose(transitions.sum(0), 1.0)
+    assert transitions[1, 0] > 1.5 * transitions[1, 2]  # observed 1: far likelier from a true 0 than from a true 2
+    torn = np.array([[0.45, 0.10, 0.45]])
+    assert detector.suggested_labels(np.array([1]), torn, transitions)[0] == 0
+    assert detector.suggested_labels(np.array([1]), torn)[0] in (0, 2)  # a tie without them
