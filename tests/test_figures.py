@@ -53,7 +53,7 @@ def fake_metrics(kind: str) -> pd.DataFrame:
     rows = []
     for seed in (0, 1):
         for ratio in (2, 10):
-            for signal in ("si", "mi", "aai"):
+            for signal in ("si", "mi", "aai", "detector"):
                 row = {"dataset": "d", "model": "mlp", "glitch": "uniform", "ratio": ratio, "seed": seed,
                        "signal": signal, "f1": rng.random()}
                 rows.extend([{**row, "epoch": e} for e in (1, 2)] if kind == "epochs" else [row])
@@ -63,7 +63,7 @@ def fake_metrics(kind: str) -> pd.DataFrame:
 @pytest.mark.parametrize("kind", plots.FIGURE_KINDS.names())
 def test_every_figure_kind_renders_a_pdf(tmp_path, kind):
     path = tmp_path / f"{kind}.pdf"
-    plots.FIGURE_KINDS[kind].draw(fake_metrics(kind), str(path), ["si", "mi", "aai"], "title")
+    plots.FIGURE_KINDS[kind].draw(fake_metrics(kind), str(path), ["si", "mi", "aai", "detector"], "title", "a caption")
     assert path.read_bytes().startswith(b"%PDF")
 
 
@@ -74,3 +74,32 @@ def test_table1_by_hand(tmp_path):
     table = plots.accuracy_table(accuracy, str(tmp_path / "t.csv"), str(tmp_path / "t.md"))
     assert table.loc[0, "accuracy_glitched_mean"] == pytest.approx(0.6)
     assert "0.600 ± 0.141" in (tmp_path / "t.md").read_text()
+
+
+def test_the_studys_signals_are_plain_and_every_other_is_set_apart():
+    look = plots.styles(["si", "mi", "aai", "gd_class", "sign_aware", "cnci", "detector"])
+    assert all(look[s].study and not look[s].hatch for s in ("si", "mi", "aai", "gd_class"))
+    assert all(not look[s].study and look[s].hatch and look[s].line == "--" for s in ("sign_aware", "cnci", "detector"))
+    assert look["detector"].colour == plots.DETECTOR_COLOUR
+    assert len({look[s].colour for s in look}) == len(look)  # one colour per series
+    with pytest.raises(ValueError, match="at most 8"):
+        plots.styles(["si", "mi", "aai", "gd_class", "sign_aware", "cnci", "pcid", "cfrank", "detector"])
+
+
+def test_more_than_eight_series_in_a_figure_are_refused_by_the_config():
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["plot_signals"] = ["si", "mi", "aai", "gd_class", "sign_aware", "cnci", "pcid", "cfrank", "detector"]
+    with pytest.raises(cfg.ConfigError, match="plot_signals"):
+        cfg.validate(config)
+
+
+def test_the_overview_heatmap_draws_every_signal_grouped_by_family(tmp_path):
+    from influence_signals.signals import family, table_names
+
+    names = table_names()
+    summary = pd.DataFrame([{"dataset": "d", "model": "mlp", "glitch": g, "ratio": 10, "target": "all", "signal": s,
+                             "f1_mean": 0.5} for g in ("uniform", "outlier") for s in names])
+    plots.overview(summary, str(tmp_path / "summary.pdf"), names)
+    assert (tmp_path / "summary.pdf").read_bytes().startswith(b"%PDF")
+    families = [family(s) for s in names]
+    assert {"study", "follow-up", "influence", "dynamics", "novelty", "baseline", "detector"} <= set(families)

@@ -214,6 +214,7 @@ class Signal(Entry):
     of_inputs: Callable[[SignalInputs], np.ndarray] | None = None
     clean_reference: bool = False  # treats the validation rows as clean: meaningless where they are not (debug)
     in_tables: bool = True  # a row of the README's F1 tables (the SI trajectory summaries are not)
+    origin: Literal["study", "follow-up", "other"] = "other"  # the study's four, the follow-up's three, the rest
 
     def __post_init__(self) -> None:
         if (self.of_view is None) == (self.of_inputs is None):
@@ -276,13 +277,13 @@ def _baselines() -> Any:
 
 SIGNALS: Registry[Signal] = Registry("signal")
 _add = SIGNALS.add
-_add(Signal(name="si", label="Self-Influence", needs=("self_influence",), kind="influence",
+_add(Signal(name="si", label="Self-Influence", needs=("self_influence",), kind="influence", origin="study",
             of_view=lambda v: v.si))  # I(i, i) (Pruthi et al. 2020; the study's SI)
-_add(Signal(name="mi", label="Marginal Infl.", needs=("class_sums",), kind="influence",
+_add(Signal(name="mi", label="Marginal Infl.", needs=("class_sums",), kind="influence", origin="study",
             of_view=lambda v: v.sums.sum(-1)))  # sum_j I(i, j): helpful and harmful mass cancel
-_add(Signal(name="aai", label="Avg. Abs. Infl.", needs=("class_masses",), kind="influence",
+_add(Signal(name="aai", label="Avg. Abs. Infl.", needs=("class_masses",), kind="influence", origin="study",
             of_view=lambda v: (v.pos - v.neg).sum(-1) / v.n_val))  # mean_j |I(i, j)|
-_add(Signal(name="gd_class", label="GD-class", needs=("class_sums",), kind="influence",
+_add(Signal(name="gd_class", label="GD-class", needs=("class_sums",), kind="influence", origin="study",
             of_view=lambda v: -v.sums.min(-1)))  # -min_c S_ic (the study's GD-class)
 _add(Signal(name="sign_aware", label="Sign-aware", needs=("class_masses",), kind="influence",
             of_view=lambda v: -v.neg.sum(-1)))  # the harmful mass -sum_c N_ic, free of MI's cancellation
@@ -294,10 +295,10 @@ _add(Signal(name="class_contrast", label="Other- vs own-class help", needs=("cla
 # class (a mislabel's true class) rather than spread thin (a hard but correct row).
 _add(Signal(name="harm_concentration", label="Concentrated harm", needs=("class_masses",), kind="influence",
             of_view=lambda v: (-v.neg * ~v.own).max(-1) / ((v.pos * v.own).sum(-1) + (-v.neg).sum(-1) + 1e-12)))
-_add(Signal(name="cnci", label="CNCI", needs=("class_masses", "relabelled"), kind="influence", of_inputs=lambda i: i.cnci))
-_add(Signal(name="pcid", label="PCID", needs=("class_masses", "relabelled"), kind="influence", of_inputs=lambda i: i.pcid))
+_add(Signal(name="cnci", label="CNCI", needs=("class_masses", "relabelled"), kind="influence", origin="follow-up", of_inputs=lambda i: i.cnci))
+_add(Signal(name="pcid", label="PCID", needs=("class_masses", "relabelled"), kind="influence", origin="follow-up", of_inputs=lambda i: i.pcid))
 # CFRank: each row's rank under CNCI and under PCID (0 = least suspicious), the larger kept
-_add(Signal(name="cfrank", label="CFRank", needs=("class_masses", "relabelled"), kind="influence",
+_add(Signal(name="cfrank", label="CFRank", needs=("class_masses", "relabelled"), kind="influence", origin="follow-up",
             of_inputs=lambda i: np.maximum(ordinal_ranks(i.cnci), ordinal_ranks(i.pcid))))
 _add(Signal(name="si_max", label="SI, max over epochs", needs=("self_influence",), kind="dynamics", in_tables=False,
             of_inputs=lambda i: i.unweighted_self_influence.max(0)))
@@ -330,6 +331,17 @@ def table_names() -> list[str]:
     SI from the first checkpoint alone (the study's early-epoch view), then the others."""
     influence = [s.name for s in SIGNALS if s.in_tables and s.kind == "influence"]
     return [*influence, f"si{FIRST_SUFFIX}", *(s.name for s in SIGNALS if s.in_tables and s.kind != "influence")]
+
+
+FAMILY_LABELS = {"study": "The study's signals", "follow-up": "The follow-up's signals", "influence": "Our influence signals",
+                 "dynamics": "Training dynamics", "novelty": "Novelty", "baseline": "Baselines", "detector": "Detector"}
+
+
+def family(name: str) -> str:
+    """A score column's family, for figures that group signals: the study's and the follow-up's signals by
+    origin, every other by kind (``<signal>_first`` joins its signal's family)."""
+    signal = SIGNALS[name.removesuffix(FIRST_SUFFIX)]
+    return signal.origin if signal.origin != "other" else signal.kind
 
 
 def cross_fitted_names() -> list[str]:

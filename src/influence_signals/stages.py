@@ -243,7 +243,8 @@ def debug_report(runs: Sequence[str], dataset: str, spec: Mapping[str, Any], dat
     write_csv(pred_probs, folds_of.spreadsheet_safe(folds_of.held_out_table(evidence, data)))
     flagged = set(table.loc[table["glitch_type"] != "none", "id"])
     harms = folds_of.harmed_rows(runs, evidence.per_row, list(table["id"].head(10)), flagged)
-    context = html_report.report_context(runs, folds, model, data, spec, table, harms, top, settings)
+    context = html_report.report_context(runs, folds, model, data, spec, table, harms, top, settings,
+                                          evidence.pred_probs)
     write_text(report, html_report.render_report(context))
 
 
@@ -257,8 +258,8 @@ JOB_KEYS = ("dataset", "model", "glitch", "ratio")
 
 
 def aggregate(metric_files: Sequence[str], accuracy_files: Sequence[str], jobs: Sequence[Mapping[str, Any]],
-              shown: Sequence[str], summary: str, accuracy_summary: str, figure: str) -> None:
-    """Mean and sd over seeds of every metric, and the overview figure."""
+              summary: str, accuracy_summary: str, figure: str) -> None:
+    """Mean and sd over seeds of every metric, and the overview heatmap of every signal in the README's tables."""
     from . import plots
 
     per_job = _with_job(metric_files, jobs)
@@ -268,15 +269,15 @@ def aggregate(metric_files: Sequence[str], accuracy_files: Sequence[str], jobs: 
     accuracy = _with_job(accuracy_files, jobs)
     accuracy_table = metrics.summarise(accuracy, JOB_KEYS, [c for c in accuracy.columns if c.startswith("accuracy")])
     write_csv(accuracy_summary, accuracy_table)
-    plots.overview(table, figure, shown)
+    plots.overview(table, figure, signal_registry.table_names())
 
 
 def figure(metric_files: Sequence[str], jobs: Sequence[Mapping[str, Any]], kind: str, shown: Sequence[str],
-           title: str, figure_out: str) -> None:
-    """One of the study's figures from its jobs' per-job metrics (the file its kind declares)."""
+           title: str, caption: str, figure_out: str) -> None:
+    """One of the study's figures from its jobs' per-job metrics (the file its kind declares), its caption inside."""
     from . import plots
 
-    plots.FIGURE_KINDS[kind].draw(_with_job(metric_files, jobs), figure_out, shown, title)
+    plots.FIGURE_KINDS[kind].draw(_with_job(metric_files, jobs), figure_out, shown, title, caption)
 
 
 def table(accuracy_files: Sequence[str], jobs: Sequence[Mapping[str, Any]], table_csv: str, table_md: str) -> None:
@@ -297,8 +298,8 @@ def configure_logging(path: str | None) -> None:
 
 
 TRIGGERS = frozenset({"code", "data", "caption"})
-"""Rule params that exist only so that a change reruns the job (code fingerprints, the user's files, a figure's
-caption for Snakemake's report): no stage takes them."""
+"""Rule params that exist only so that a change reruns the job (code fingerprints, the user's files, a table's
+caption for Snakemake's report): a stage that does not take them (the table) is not an error."""
 
 
 def call(stage: Callable[..., None], kwargs: Mapping[str, Any]) -> None:

@@ -42,7 +42,6 @@ rule aggregate:
         figure=report("results/summary.pdf", caption="../report/summary.rst", category="Overview"),
     params:
         jobs=[job.wildcards for job in JOBS],
-        shown=config["plot_signals"],
         code=stage_fingerprint("aggregate"),
     log:
         "results/logs/aggregate.log",
