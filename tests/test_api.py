@@ -86,3 +86,18 @@ def test_find_issues_refuses_bad_input_before_any_work(tmp_path):
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             ins.find_issues(frame, label="y", device="cuda", out=tmp_path / "gpu")
         assert not (tmp_path / "gpu").exists()  # refused before the output folder is made
+
+
+def test_a_large_table_is_announced_as_a_long_run_before_any_work(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from influence_signals import api
+
+    frame = pd.DataFrame({"a": np.arange(60.0), "b": np.arange(60.0) % 7, "y": ["p", "q", "r"] * 20})
+    said: list[str] = []
+    monkeypatch.setattr(api, "LARGE_ROWS", 50)
+    ins.find_issues(frame, label="y", out=tmp_path / "big", dry_run=True, progress=said.append)
+    assert any(line.startswith("note: 60 rows x 3 seeds x 5 folds") for line in said), said
+    said.clear()
+    ins.find_issues(frame, label="y", out=tmp_path / "small", dry_run=True, progress=said.append, seeds=1, folds=3)
+    assert not any(line.startswith("note:") for line in said), said

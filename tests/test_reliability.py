@@ -55,6 +55,11 @@ def test_far_ca_from_the_data_set_itself_is_refused():
         cfg.validate(with_change("glitch_options.far_ca.sources.mnist5k", "mnist5k"))
 
 
+def test_far_ca_from_a_data_set_of_another_kind_is_refused_when_planned():
+    with pytest.raises(cfg.ConfigError, match="'segment' is tabular data but 'mnist5k' is image"):
+        cfg.validate(with_change("glitch_options.far_ca.sources.mnist5k", "segment"))
+
+
 # 7. names become paths: no '/', no '..', no leading dot
 @pytest.mark.parametrize("section,name", [("datasets", "../../../escape_x"), ("datasets", "a/b"), ("figures", "../fig"),
                                           ("tables", ".hidden")])

@@ -37,6 +37,7 @@ CLIP_SD = 5.0
 """The networks' standardised inputs are limited to +/- 5 sd: a near-constant column (a border pixel of MNIST
 as a table) or a row pushed far out cannot swamp training. Top-k precision on MNIST-as-a-table label noise
 0.89 unclipped, 0.91 clipped at 8, 0.91 at 5; Image Segmentation 0.957 at 8, 0.961 at 5."""
+LARGE_ROWS = 50_000  # above this many rows the command says up front that the default run is long
 
 # Training settings per model: sane defaults for a user's data (the rest come from the schema's defaults).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -265,6 +266,10 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
     write_text(config_file, yaml.safe_dump(config, sort_keys=False))
     progress(f"{name}: {len(loaded.y)} rows, {loaded.n_classes} classes; {model}, {folds} folds x {seeds} seeds in "
              f"{seeds} jobs, then the report; config {config_file}")
+    if len(loaded.y) > LARGE_ROWS and seeds * folds > 3:
+        progress(f"note: {len(loaded.y):,} rows x {seeds} seeds x {folds} folds trains {seeds * folds} models on most of "
+                 f"them; on a few cores that takes long (`seeds=1, folds=3` trains 3); each job's log under "
+                 f"{folder / 'results' / 'logs'} says where it is")
     code = run_snakemake(folder, config_file, cores or 1, dry_run, verbose, progress)
     if code != 0:
         raise WorkflowFailed(f"snakemake failed (exit {code}); see {folder / 'snakemake.log'} and the failed job's log "

@@ -286,6 +286,10 @@ def _check_source(config: Mapping[str, Any], glitch: str, dataset: str, models: 
     if source == dataset:
         raise ConfigError(f"config glitch_options.{glitch}.sources.{dataset}: a data set cannot be its own {glitch} "
                           "source (its rows would be duplicates of clean rows, not anomalies)")
+    modalities = dataset_modality(config, dataset), dataset_modality(config, source)
+    if None not in modalities and modalities[0] != modalities[1]:
+        raise ConfigError(f"config glitch_options.{glitch}.sources.{dataset}: {source!r} is {modalities[1]} data but "
+                          f"{dataset!r} is {modalities[0]}; {glitch} rows must be of the same kind")
     for model in models:
         if train_settings(config, dataset, model)["pretrained"] == "pipeline" and pretrain_source(config, model) == source:
             raise ConfigError(f"config: {model} is pre-trained on {source!r}, which is also the {glitch} source of "
