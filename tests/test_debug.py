@@ -186,11 +186,48 @@ def test_report_renders_summary_top_rows_and_explanations(table_run):
     assert report.by_id["n-mislabel"].strip() == str(kinds.get("mislabel", 0))
     assert report.by_id["n-anomaly"].strip() == str(kinds.get("anomaly", 0))
     assert "30 rows" in report.by_id["cut"]
-    assert report.rows["suspect"] == 20 and report.rows["explained"] == 10
+    n_flagged = int((kinds.get("mislabel", 0) + kinds.get("anomaly", 0)))
+    assert report.rows["suspect"] == min(N_ROWS, n_flagged + 20) and report.rows["explained"] == 10  # every flagged row
+    assert f"{kinds.get('mislabel', 0)} rows" in re.sub(r"\s+", " ", report.by_id["issue-mislabel"])
+    assert "confident learning estimates" in report.by_id["issue-mislabel"]
+    assert report.rows.get("pair", 0) <= 10
     top = report.by_id["top-rows"]
     assert suspects["id"].iloc[0] in top and "f0=" in top and "key=" not in top  # feature values, not the id
+    flipped = suspects[suspects["glitch_type"] == "mislabel"].iloc[0]
+    assert f"{flipped['observed_label']} \u2192 {flipped['suggested_label']}" in re.sub(r"\s+", " ", top)
+    page = (out / "report.html").read_text()
+    assert page.count('class="bar mislabel"') >= 1 and page.count('class="bar none"') >= 2  # flagged vs unflagged
     assert re.search(r"row-\d{4} \((ant|bee|cat), -[\d.e+-]+\)", report.by_id["harms"])  # harmed validation rows
-    assert "<rect" in (out / "report.html").read_text()  # the histogram
+
+
+def test_a_rows_standing_out_values_are_robust_z_against_the_median_and_mad_or_how_rare_they_are():
+    """The page lists the values furthest from their column's bulk: a number by its robust z, a rare category
+    or blank by its share of rows; free text is not judged."""
+    from influence_signals.html_report import deviations, standing_out
+
+    n = 60
+    x = np.append(np.arange(1.0, n), 1000.0)
+    frame = pd.DataFrame({"x": x, "colour": ["red"] * (n - 1) + ["blue"], "note": [f"text {i}" for i in range(n)],
+                          "size": [None] + [1.0, 1.1] * (n // 2 - 1) + [1.05]}, index=[f"r{i}" for i in range(n)])
+    z, share = deviations(frame)
+    median = np.median(x)
+    assert z.loc["r59", "x"] == pytest.approx((1000 - median) / (1.4826 * np.median(np.abs(x - median))))
+    assert z["note"].isna().all()  # 60 distinct texts: not a category
+    assert share.loc["r59", "colour"] == pytest.approx(1 / n) and share.loc["r0", "size"] == pytest.approx(1 / n)
+    listed = standing_out(frame.loc["r59"], z.loc["r59"], share.loc["r59"], 3)
+    assert [d["column"] for d in listed] == ["x", "colour"] and listed[0]["value"] == "1000"
+    assert [d["value"] for d in standing_out(frame.loc["r0"], z.loc["r0"], share.loc["r0"], 3)] == ["(blank)"]
+
+
+def test_the_page_lists_the_ten_most_confused_class_pairs_and_counts_the_rest():
+    from influence_signals.html_report import confused_pairs
+
+    pairs = [(f"c{i}", f"d{i}") for i in range(12) for _ in range(12 - i)]  # pair i flagged 12 - i times
+    suspects = pd.DataFrame({"observed_label": [o for o, _ in pairs] + ["c0"], "suggested_label": [s for _, s in pairs] + ["c0"],
+                             "glitch_type": ["mislabel"] * len(pairs) + ["none"]})
+    shown = confused_pairs(suspects)
+    assert [(p["observed"], p["count"]) for p in shown["pairs"]] == [(f"c{i}", 12 - i) for i in range(10)]
+    assert shown["pairs_more"] == 2 and shown["pairs_more_rows"] == 2 + 1
 
 
 def test_image_folder_report_shows_thumbnails(tmp_path):
