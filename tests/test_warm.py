@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -258,3 +259,20 @@ def test_sweep_removes_the_folders_of_killed_servers_only(server, tmp_path):
     removed = warm.sweep()
     assert str(stale) in removed and not stale.exists()
     assert os.path.exists(server.address)  # the live server's folder stays
+
+
+def test_sweep_keeps_the_folder_of_a_server_still_importing(tmp_path):
+    starting = Path(tempfile.mkdtemp(prefix=warm.PREFIX))  # no socket yet, no pid file yet: a moment after mkdtemp
+    importing = Path(tempfile.mkdtemp(prefix=warm.PREFIX))
+    (importing / "pid").write_text(str(os.getpid()))  # a live server that has not bound its socket
+    gone = Path(tempfile.mkdtemp(prefix=warm.PREFIX))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    (gone / "pid").write_text(str(child.pid))  # its server died before it listened
+    try:
+        removed = warm.sweep()
+        assert starting.exists() and importing.exists()
+        assert str(gone) in removed and not gone.exists()
+    finally:
+        for folder in (starting, importing):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -206,6 +206,7 @@ def start(wait: float = 60.0) -> Server:
     token = secrets.token_hex(32)
     _server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), folder, str(os.getpid())],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env={**os.environ, TOKEN_ENV: token})
+    Path(folder, "pid").write_text(str(_server.pid))  # lets ``sweep`` tell a server still importing from a dead one
     server = Server(os.path.join(folder, "sock"), _server.pid, token)
     os.environ[ENV] = server.encode()
     deadline = time.monotonic() + wait
@@ -241,13 +242,32 @@ def sweep() -> list[str]:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(str(folder / "sock"))
-        except OSError:  # nothing listens (or no socket yet: a server still importing keeps its folder for now)
-            if (folder / "sock").exists() or not any(folder.iterdir()):
+        except OSError:  # nothing listens: a dead server's socket, or none yet (a server still importing)
+            if (folder / "sock").exists() or not _starting(folder, info.st_mtime):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(str(folder))
         finally:
             probe.close()
     return removed
+
+
+STARTING_GRACE_S = 600.0  # a folder without socket or pid file younger than this is a server being started
+
+
+def _starting(folder: Path, modified: float) -> bool:
+    """Whether a folder without a socket belongs to a server still importing: its recorded pid lives, or (the
+    moment between ``mkdtemp`` and the pid file) it is new. Sweeping such a folder made its run's jobs cold."""
+    try:
+        pid = int((folder / "pid").read_text())
+    except (OSError, ValueError):
+        return time.time() - modified < STARTING_GRACE_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
