@@ -14,6 +14,8 @@ from influence_signals import datasets
 from influence_signals.crossfit import suspicion_table
 from influence_signals.debug import main
 
+ROOT = Path(__file__).resolve().parents[1]
+
 CLASSES = np.array(["ant", "bee", "cat"])
 N_ROWS, N_FEATURES, N_FLIPPED = 300, 8, 30
 SEEDS, FOLDS = 2, 3
@@ -280,6 +282,7 @@ def test_through_snakemake_only_this_datas_jobs_run(tmp_path, capfd):
     ("gone.csv", ["--label", "target"], "no such file"),
     ("t.csv", ["--label", "target", "--id", "key", "--model", "xgboost"], "--model xgboost: not a model; for a table use one of mlp, resnet, ft_transformer"),
     ("t.csv", ["--label", "target", "--id", "key", "--model", "resnet20"], "a model for image data; for a table use"),
+    ("t.csv", ["--label", "target", "--profile", "no/such/profile"], "--profile no/such/profile: not a Snakemake profile"),
 ])
 def test_bad_input_exits_2_before_any_work(tmp_path, capsys, file, change, named):
     write_table(tmp_path / "t.csv", n_rows=60, n_flipped=0)
@@ -369,3 +372,16 @@ def test_a_real_world_table_with_text_booleans_blanks_and_dates_is_scored_row_by
     assert sorted(suspects["id"]) == sorted(frame["key"]) and suspects["suspicion"].notna().all()
     page = (out / "report.html").read_text()
     assert "colour=" in page and ("=red" in page or "=green" in page or "=blue" in page)  # as written, not encoded
+
+
+def test_the_debug_command_plans_its_jobs_for_the_executor_a_profile_names(tmp_path, capsys):
+    """``--profile profiles/slurm`` hands the per-seed jobs to the SLURM executor (planned here: ``--dry-run``)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    table = tmp_path / "t.csv"
+    frame = pd.DataFrame({"a": np.arange(60.0), "b": np.arange(60.0) % 7, "target": ["p", "q", "r"] * 20})
+    frame.to_csv(table, index=False)
+    assert main(["debug", str(table), "--label", "target", "--seeds", "2", "--dry-run", "--out", str(tmp_path / "o"),
+                       "--profile", str(ROOT / "profiles" / "slurm")]) == 0
+    printed = capsys.readouterr().out
+    assert "crossfit" in printed and "debug_report" in printed
+    assert "slurm" in printed.lower()

@@ -217,17 +217,20 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
                 pretrained: str | None = None, size: int | None = None, channels: int = 3, top: float = 0.1,
                 name: str | None = None, device: str = "cpu", cores: int | None = None, out: str | Path | None = None,
                 dry_run: bool = False, verbose: bool = False, progress: Callable[[str], None] = _quiet,
-                ) -> Issues | None:
+                profile: str | Path | None = None) -> Issues | None:
     """Every row of ``data`` judged: mislabel, anomaly or none, a suggested label, a suspicion and confidence.
 
     ``data`` is a CSV / ARFF path, an image folder (``root/<class>/*.png|jpg``) or a DataFrame (written to
     ``out/data.csv`` first); ``label``, ``id`` and ``drop`` name a table's columns. ``seeds`` x ``folds``
     cross-fitted ``model`` runs (default: ``mlp`` for tables, ``resnet20`` for images); ``out`` is the output
-    folder (default: a new temporary one). Bad input raises ``DataError`` / ``ConfigError`` before any work;
+    folder (default: a new temporary one); ``profile`` a Snakemake profile folder whose executor runs the jobs
+    (``profiles/slurm``: each seed's runs a cluster job). Bad input raises ``DataError`` / ``ConfigError`` before any work;
     a failed job raises ``WorkflowFailed``. Returns None for a ``dry_run`` (the jobs are printed).
     """
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
+    if profile is not None and not (Path(profile).expanduser() / "config.yaml").is_file():
+        raise ConfigError(f"--profile {profile}: not a Snakemake profile (a folder holding config.yaml)")
     if folds < 2:
         raise ConfigError("--folds must be at least 2 (each row is scored in the folds where it is in training)")
     if not 0 < top < 1:
@@ -270,7 +273,8 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
         progress(f"note: {len(loaded.y):,} rows x {seeds} seeds x {folds} folds trains {seeds * folds} models on most of "
                  f"them; on a few cores that takes long (`seeds=1, folds=3` trains 3); each job's log under "
                  f"{folder / 'results' / 'logs'} says where it is")
-    code = run_snakemake(folder, config_file, cores or 1, dry_run, verbose, progress)
+    executor = ["--profile", str(Path(profile).expanduser().resolve())] if profile is not None else []
+    code = run_snakemake(folder, config_file, cores or 1, dry_run, verbose, progress, executor)
     if code != 0:
         raise WorkflowFailed(f"snakemake failed (exit {code}); see {folder / 'snakemake.log'} and the failed job's log "
                              f"under {folder / 'results' / 'logs'}")

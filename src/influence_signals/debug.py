@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print Snakemake's own output (default: it goes to "
                                                           "OUT/snakemake.log; only progress is printed)")
     p.add_argument("--dry-run", action="store_true", help="write the config and show the jobs; run nothing")
+    p.add_argument("--profile", help="a Snakemake profile whose executor runs the jobs (e.g. profiles/slurm)")
     return top
 
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              folds=args.folds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              pretrained=args.pretrained, size=args.size, channels=args.channels, top=args.top,
                              name=args.name, device=args.device, cores=args.cores, out=args.out, dry_run=args.dry_run,
-                             verbose=args.verbose, progress=progress)
+                             verbose=args.verbose, progress=progress, profile=args.profile)
     except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
