@@ -6,7 +6,7 @@
 Each run starts from an empty folder (the same config, so the same jobs) and is timed end to end, Snakemake's
 start included. Variants run interleaved (A B C A B C), so that a shared machine's slow minutes fall on all of
 them; the table gives each run's seconds and each variant's mean as a ratio to the default (warm starts on,
-the C kernel). Warm starts off: ``--config warm_start=false``; the kernel off: ``INFLUENCE_SIGNALS_KERNEL=torch``
+the C kernel). Warm starts off: ``--config warm_start=False``; the kernel off: ``INFLUENCE_SIGNALS_KERNEL=torch``
 (the same pass as torch ops). Writes ``benchmarks/warm_kernel_results.md``.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VARIANTS = {
     "default (warm starts, C kernel)": ([], {}),
-    "warm starts off": (["--config", "warm_start=false"], {}),
+    "warm starts off": (["--config", "warm_start=False"], {}),
     "C kernel off (torch ops)": ([], {"INFLUENCE_SIGNALS_KERNEL": "torch"}),
 }
 
