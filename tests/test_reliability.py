@@ -43,6 +43,9 @@ def with_change(path: str, value: object) -> dict:
     ("glitch_options.outlier.severity", 9, "severity"),
     ("glitch_options.far_ca.labelz", "single", "labelz"),
     ("datasets.segment", {"fraction": 0.5}, "fraction"),
+    ("glitch_options.mixture.components", {"unifrom": 0.5, "outlier": 0.5}, "unifrom"),
+    ("pretrain.resnet2O", {"source": "digits"}, "resnet2O"),
+    ("pretrain.resnet20.options", {"resolutoin": 28}, "resolutoin"),
 ])
 def test_misspelled_keys_and_bad_settings_are_refused(path, value, named):
     with pytest.raises(cfg.ConfigError, match=named.replace(".", r"\.")):
@@ -223,3 +226,10 @@ def test_a_run_started_with_other_settings_data_or_weights_starts_over(trained, 
         for ours, theirs in zip(checkpoints.epoch_checkpoints(folder), checkpoints.epoch_checkpoints(other)):
             a, b = (torch.load(p, weights_only=True)["model_state_dict"] for p in (ours, theirs))
             assert all(torch.equal(a[k], b[k]) for k in a)  # every epoch as a clean run's: nothing of the old run
+
+
+def test_a_config_key_given_twice_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("prepare:\n  fraction: 0.5\n  fraction: 0.6\n")
+    with pytest.raises(cfg.ConfigError, match="line 3: the key 'fraction' is given twice"):
+        cfg.check_files([str(path)])
