@@ -68,9 +68,8 @@ def measured_jobs(results: Path, config: Mapping[str, Any]) -> pd.DataFrame:
             line.update(dataset=dataset, model=model, threads=threads["train" if stage == "train" else "signals"],
                         n_train=_rows(job / "train.npz"), n_val=_rows(results / "data" / dataset / f"split{split}" / "val.npz"),
                         epochs=cfg.train_settings(config, dataset, model)["epochs"])
-        elif stage in ("prepare", "inject"):
-            dataset = path.stem.split("_split")[0] if stage == "prepare" else None
-            line.update(dataset=dataset)
+        elif stage == "prepare":
+            line.update(dataset=path.stem.split("_split")[0])
         lines.append(line)
     frame = pd.DataFrame(lines)
     frame["core_s"] = frame["s"] * frame["threads"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ def save_figure(figure: plt.Figure, path: str, caption: str = "") -> None:
     import matplotlib.pyplot as plt
 
     if caption:
-        bottom = figure.get_tightbbox(figure.canvas.get_renderer()).y0 / figure.get_figheight()
+        bottom = figure.get_tightbbox().y0 / figure.get_figheight()
         figure.text(0.01, bottom - 0.02, textwrap.fill(caption, int(figure.get_figwidth() * 16)), ha="left", va="top",
                     fontsize=7)
     with atomic_path(path) as tmp:
@@ -60,7 +60,7 @@ def save_figure(figure: plt.Figure, path: str, caption: str = "") -> None:
 class Style:
     colour: str
     hatch: str
-    line: str
+    line: Literal["-", "--"]
     study: bool
 
 
