@@ -287,3 +287,60 @@ def test_the_repair_follows_the_estimated_noise_when_the_probabilities_are_torn(
     torn = np.array([[0.45, 0.10, 0.45]])
     assert detector.suggested_labels(np.array([1]), torn, transitions)[0] == 0
     assert detector.suggested_labels(np.array([1]), torn)[0] in (0, 2)  # a tie without them
+
+
+# ----------------------------------------------------------------------------------------------
+# Nearest neighbours past the exact limit (large tables)
+
+
+def blobs(n: int = 3000, dim: int = 8, seed: int = 0) -> np.ndarray:
+    """Clustered rows, as a network's features or a real table's are."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4.0, size=(12, dim))
+    return centres[rng.integers(0, 12, n)] + rng.normal(size=(n, dim))
+
+
+def test_nearest_neighbours_within_the_exact_limit_are_scikit_learns():
+    from sklearn.neighbors import NearestNeighbors
+
+    x, queries = blobs(400, 5), blobs(150, 5, seed=1)
+    assert 20_000**2 <= detector.EXACT_PAIRS  # every search of a table of up to 20,000 rows is exact
+    np.testing.assert_array_equal(detector.nearest_distances(x, x, 5, same=True),
+                                  NearestNeighbors(n_neighbors=6).fit(x).kneighbors(x)[0][:, 1:])
+    np.testing.assert_array_equal(detector.nearest_distances(queries, x, 5),
+                                  NearestNeighbors(n_neighbors=5).fit(x).kneighbors(queries)[0])
+    np.testing.assert_array_equal(detector.knn_log_distance(x), detector.knn_log_distance(x, max_pairs=None))
+
+
+@pytest.mark.parametrize("same, block", [(True, detector.QUERY_BLOCK), (False, detector.QUERY_BLOCK), (True, 700)])
+def test_the_approximate_search_finds_most_true_neighbours_and_never_a_closer_one(same, block, monkeypatch):
+    """Recall against the exact search on a small clustered case; a missed neighbour only lengthens a distance
+    (also with the queries searched in several blocks)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    monkeypatch.setattr(detector, "QUERY_BLOCK", block)
+    references = blobs(3000)
+    queries = references if same else blobs(1000, seed=1)
+    distances, indices = detector.approximate_neighbours(queries, references, 5, same=same)
+    exact = NearestNeighbors(n_neighbors=5 + same).fit(references).kneighbors(queries)[0][:, int(same):]
+    assert (distances >= exact - 1e-9).all() and (np.diff(distances, axis=1) >= 0).all()
+    recall = float((distances <= exact[:, -1:] + 1e-9).mean())
+    assert recall >= 0.95, recall
+    np.testing.assert_allclose(distances, np.linalg.norm(queries[:, None] - references[indices], axis=-1), rtol=1e-9)
+    if same:
+        assert not (indices == np.arange(len(queries))[:, None]).any()  # a row is never its own neighbour
+    assert detector.neighbour_recall(queries, references, 5, same=same, sample=500) == pytest.approx(
+        float((distances <= exact[:, -1:] + 1e-6 * exact[:, -1:]).mean()), abs=0.05)
+
+
+def test_robust_novelty_past_the_exact_limit_declares_what_the_exact_search_declares():
+    x = blobs(3000, 10)
+    rng = np.random.default_rng(2)
+    shifted = rng.choice(len(x), 60, replace=False)
+    for row in shifted:  # each pushed its own way: outliers, not a cluster of their own
+        columns = rng.choice(x.shape[1], 5, replace=False)
+        x[row, columns] += rng.choice([-6, 6], 5) * x[:, columns].std(0)
+    exact, approximate = detector.robust_novelty([x], max_pairs=None), detector.robust_novelty([x], max_pairs=0)
+    both, either = (exact.declared & approximate.declared).sum(), (exact.declared | approximate.declared).sum()
+    assert both / either >= 0.9 and approximate.declared[shifted].mean() >= 0.95
+    assert np.corrcoef(exact.score, approximate.score)[0, 1] >= 0.99

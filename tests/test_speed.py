@@ -103,3 +103,70 @@ def test_closed_forms_read_once_are_recomputed_for_other_labels(store):
     other = (store.y_val + 1) % K
     assert_close(engine.class_sums(other, K).double().numpy(), dense @ np.eye(K)[other])
     assert_close(engine.class_sums(store.y_val, K).double().numpy(), dense @ np.eye(K)[store.y_val])
+
+
+# ----------------------------------------------------------------------------------------------
+# Past the pair budget: the pass on a sample of the validation rows (large tables)
+
+
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory) -> FactorStore:
+    """Factors with many validation rows (4 classes, one rare), so that a small budget samples them."""
+    folder = tmp_path_factory.mktemp("wide")
+    rng = np.random.default_rng(1)
+    n, m, d, k, t = 150, 3000, 6, 4, 3
+    shapes = {"train_logits": (n, k), "train_features": (n, d), "val_logits": (m, k), "val_features": (m, d)}
+    for name in ARRAYS:
+        np.save(folder / f"{name}.npy", rng.normal(size=(t, *shapes[name])).astype(np.float32))
+    np.save(folder / "y_train.npy", rng.integers(0, k, n))
+    np.save(folder / "y_val.npy", rng.choice(k, m, p=[0.5, 0.3, 0.18, 0.02]))
+    (folder / "meta.json").write_text(json.dumps(FactorMeta(n, m, k, d, [0.3, 0.1, 0.05], 32, [1, 2, 3],
+                                                            ["a.pt", "b.pt", "c.pt"]).__dict__))
+    return FactorStore(folder)
+
+
+def test_a_pass_within_the_pair_budget_is_exact(store):
+    assert (20_000 // 2) ** 2 <= influence.PAIR_BUDGET  # any split of a table of up to 20,000 rows: exact
+    engine = influence.TracInEngine(store)
+    assert not engine.sampled and store.meta.n_train * store.meta.n_val <= influence.PAIR_BUDGET
+    for ours, exact in zip(engine.class_masses(store.y_val, K), influence.TracInEngine(store, max_pairs=None)
+                           .class_masses(store.y_val, K)):
+        assert torch.equal(ours, exact)
+
+
+def test_the_sampled_pass_estimates_the_exact_one_without_holding_the_validation_factors(wide_store):
+    y_val, n_classes = wide_store.y_val, wide_store.meta.n_classes
+    budget = wide_store.meta.n_train * wide_store.meta.n_val // 5  # a fifth of the columns
+    engine = influence.TracInEngine(wide_store, max_pairs=budget)
+    assert engine.sampled
+    columns, weights = engine.column_sample(y_val, n_classes)
+    counts = np.bincount(y_val[columns], minlength=n_classes)
+    assert counts[3] == (y_val == 3).sum() < influence.MIN_CLASS_COLUMNS  # a rare class is visited whole
+    np.testing.assert_allclose(weights, np.bincount(y_val, minlength=n_classes) / counts)
+    pos, neg, pos_t, neg_t = engine.class_masses(y_val, n_classes)
+    assert engine._val is None  # the closed forms and the pass streamed or sampled the validation factors
+    exact = influence.TracInEngine(wide_store, max_pairs=None)
+    pos_x, neg_x, pos_t_x, neg_t_x = exact.class_masses(y_val, n_classes)
+    sums, sums_t = exact.class_sums(y_val, n_classes).sum(0), exact.class_sums(y_val, n_classes)
+    torch.testing.assert_close(pos + neg, sums, rtol=1e-5, atol=1e-5)  # P + N = S: the sums are exact
+    torch.testing.assert_close(pos_t + neg_t, sums_t, rtol=1e-5, atol=1e-5)
+    assert (pos >= 0).all() and (neg <= 0).all() and (pos_t >= 0).all() and (neg_t <= 0).all()
+    relative = ((pos - pos_x).abs().sum() / pos_x.abs().sum()).item()
+    assert relative < 0.1, relative  # random factors: the noisiest case; real runs agree far closer (scale benchmark)
+    aai, aai_x = (pos - neg).sum(-1).numpy(), (pos_x - neg_x).sum(-1).numpy()
+    assert np.corrcoef(np.argsort(np.argsort(aai)), np.argsort(np.argsort(aai_x)))[0, 1] >= 0.95
+    relabelled = influence.Relabelled(engine, (wide_store.y_train + 1) % n_classes)
+    assert relabelled.sampled and relabelled._val is None
+    pos_r = relabelled.class_masses(y_val, n_classes)[0]
+    pos_r_x = influence.Relabelled(exact, (wide_store.y_train + 1) % n_classes).class_masses(y_val, n_classes)[0]
+    assert ((pos_r - pos_r_x).abs().sum() / pos_r_x.abs().sum()).item() < 0.1
+
+
+def test_rows_influence_streams_the_validation_rows_and_equals_the_dense_matrix(wide_store):
+    rows = [3, 0, 77]
+    dense = influence.TracInEngine(wide_store, max_pairs=None).matrix()[rows]
+    sampled = influence.TracInEngine(wide_store, max_pairs=1)
+    torch.testing.assert_close(sampled.rows_influence(rows), dense, rtol=1e-4, atol=1e-5)
+    assert sampled._val is None
+    torch.testing.assert_close(influence.TracInEngine(wide_store, max_pairs=None).rows_influence(rows), dense,
+                               rtol=1e-4, atol=1e-5)

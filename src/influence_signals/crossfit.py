@@ -10,7 +10,10 @@ probabilities and a contamination-robust novelty (``detector.robust_novelty``), 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,27 @@ from . import datasets
 from .artifacts import load_npz, save_npz
 
 META_COLUMNS = ("id", "seed", "fold", "row", "observed_label")
+log = logging.getLogger("influence_signals")
+
+
+class Progress:
+    """Log lines inside a long job: each step as it starts and ends, with its seconds, the job's so far and the
+    process's peak memory, so that the job's log shows where it is (a 200,000-row crossfit job runs for tens
+    of minutes)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        import resource
+
+        began = time.monotonic()
+        log.info("%s ...", what)
+        yield
+        now = time.monotonic()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        log.info("%s: done in %.1f s (%.0f s into the job; peak RSS %.0f MiB)", what, now - began, now - self.started, peak)
 
 
 def fold_folders(runs: Sequence[str | Path], folds: int) -> list[tuple[int, int, Path]]:
@@ -126,7 +150,7 @@ def novelty_spaces(data: datasets.DataSet) -> list[np.ndarray]:
     return [data.x.reshape(len(data.x), -1)]
 
 
-def suspicion_table(evidence: Evidence, data: datasets.DataSet) -> pd.DataFrame:
+def suspicion_table(evidence: Evidence, data: datasets.DataSet, progress: Progress | None = None) -> pd.DataFrame:
     """The detector's verdict on every row of the user's data, the most suspicious first.
 
     No clean reference exists here (every fold holds the same glitches), so the detector gets the cross-fitted
@@ -140,9 +164,13 @@ def suspicion_table(evidence: Evidence, data: datasets.DataSet) -> pd.DataFrame:
     labels = data.y
     ids = data.ids.astype(str)
     scores = score_columns(evidence.per_row)
-    means = evidence.per_row.groupby("id", sort=False)[scores].mean().reindex(ids)
-    novelty = detector.robust_novelty(novelty_spaces(data))
-    verdict = detector.verdict(labels, evidence.pred_probs, novelty, training_loss=evidence.training_loss)
+    progress = progress or Progress()
+    with progress.step("each signal's mean over the runs"):
+        means = evidence.per_row.groupby("id", sort=False)[scores].mean().reindex(ids)
+    with progress.step("novelty (kNN distance over all rows)"):
+        novelty = detector.robust_novelty(novelty_spaces(data))
+    with progress.step("the verdict (label evidence, confident learning's count, repairs)"):
+        verdict = detector.verdict(labels, evidence.pred_probs, novelty, training_loss=evidence.training_loss)
     out = pd.DataFrame({
         "id": ids, "observed_label": labels, "glitch_type": verdict["glitch_type"].to_numpy(),
         "suggested_label": verdict["suggested_label"].to_numpy(), "suspicion": verdict["suspicion"].to_numpy(),
@@ -213,9 +241,8 @@ def harmed_rows(runs: Sequence[str | Path], per_row: pd.DataFrame, ids: Sequence
         folder = Path(runs[int(seed)]) / f"f{int(fold)}"
         engine = TracInEngine(FactorStore(folder / "factors"))
         split = load_npz(folder / "split.npz")
-        for row_id, row in zip(rows["id"], rows["row"]):
-            factors = engine.train_factors(int(row), int(row) + 1)
-            influence = engine.block(factors, 0, engine.n_val).sum(0)[0].cpu().numpy()
+        influences = engine.rows_influence([int(row) for row in rows["row"]]).cpu().numpy()
+        for row_id, influence in zip(rows["id"], influences):
             parts.append(pd.DataFrame({"id": row_id, "val_id": split["val_ids"].astype(str), "val_label": split["val_y"],
                                        "influence": influence}))
     if not parts:

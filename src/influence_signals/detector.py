@@ -39,6 +39,16 @@ TAIL_BAND = (1.0, 3.0)
 """Robust z range where the clean bulk's right tail is fitted: beyond the centre, before the anomalies."""
 LFDR_WINDOW = 0.5  # half-width (robust sd) of the window in which observed and expected counts are compared
 LFDR_CUT = 0.2  # Efron's conventional cut-off: a row is declared where at most 20 % of its neighbourhood is null
+EXACT_PAIRS = 20_000 * 20_000
+"""Nearest-neighbour searches over at most this many (query, reference) pairs are exact (scikit-learn's brute
+force; every search of a table of up to 20,000 rows); larger ones are approximate (``approximate_neighbours``).
+Exact brute force grows as n^2: at 50,000 rows the novelty search took 7 s and one fold's kNN-distance signal
+5 s (2 cores), 16 times that at 200,000; scikit-learn's trees were slower still (82 s for that fold in 192
+dimensions)."""
+PROBES = 32
+"""Cells of the approximate search visited per query: recall 0.995 and above on the scale benchmark (20-dimensional
+generated tables need the most: 0.91 with 8, 0.97 with 16 at 50,000 rows)."""
+QUERY_BLOCK = 32_768  # queries searched at a time by the approximate search
 VERDICT_COLUMNS = ("row", "suspicion", "glitch_type", "suggested_label", "confidence", "label_score", "novelty",
                    "novelty_p")
 
@@ -159,12 +169,19 @@ def clean_reference_probabilities(train_features: np.ndarray, val_features: np.n
 def density_statistics(train: np.ndarray, val: np.ndarray, k: int = NEIGHBOURS
                        ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(statistic of training rows, its null from validation rows) for: log kNN distance to the validation
-    rows, and log of its ratio to the kNN distance to the other training rows."""
+    rows, and log of its ratio to the kNN distance to the other training rows. Exact while every search is
+    within ``EXACT_PAIRS``, else each search by ``nearest_distances`` (approximate where it is larger)."""
     from sklearn.neighbors import NearestNeighbors
 
     k = max(1, min(k, len(val) - 1, len(train) - 1))
-    to_val, to_train = NearestNeighbors(n_neighbors=k + 1).fit(val), NearestNeighbors(n_neighbors=k + 1).fit(train)
     eps = 1e-12
+    if len(train) * max(len(train), len(val)) > EXACT_PAIRS:
+        train_to_val = np.log(nearest_distances(train, val, k).mean(1) + eps)
+        val_to_val = np.log(nearest_distances(val, val, k, same=True).mean(1) + eps)
+        train_to_train = np.log(nearest_distances(train, train, k, same=True).mean(1) + eps)
+        val_to_train = np.log(nearest_distances(val, train, k).mean(1) + eps)
+        return [(train_to_val, val_to_val), (train_to_val - train_to_train, val_to_val - val_to_train)]
+    to_val, to_train = NearestNeighbors(n_neighbors=k + 1).fit(val), NearestNeighbors(n_neighbors=k + 1).fit(train)
     train_to_val = np.log(to_val.kneighbors(train, n_neighbors=k)[0].mean(1) + eps)
     val_to_val = np.log(to_val.kneighbors(val)[0][:, 1:].mean(1) + eps)  # itself excluded
     train_to_train = np.log(to_train.kneighbors(train)[0][:, 1:].mean(1) + eps)
@@ -240,12 +257,133 @@ def winsorised(x: np.ndarray, limit: float = WINSOR_SD) -> np.ndarray:
     return np.asarray(np.clip((flat - flat.mean(0)) / sd, -limit, limit))
 
 
-def knn_log_distance(x: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
-    """log of the mean distance to a row's k nearest other rows."""
+def nearest_distances(queries: np.ndarray, references: np.ndarray, k: int, same: bool = False,
+                      max_pairs: int | None = EXACT_PAIRS) -> np.ndarray:
+    """Distances (n, k) of each query to its k nearest references, ascending; ``same``: the queries are the
+    references, each row's own entry left out. Exact up to ``max_pairs`` pairs (None: always), approximate
+    beyond (``approximate_neighbours``, its recall measured in ``benchmarks/scale_benchmark.py``)."""
     from sklearn.neighbors import NearestNeighbors
 
+    if max_pairs is None or len(queries) * len(references) <= max_pairs:
+        if same:
+            return np.asarray(NearestNeighbors(n_neighbors=k + 1).fit(references).kneighbors(references)[0][:, 1:])
+        return np.asarray(NearestNeighbors(n_neighbors=k).fit(references).kneighbors(queries)[0])
+    return approximate_neighbours(queries, references, k, same)[0]
+
+
+def approximate_neighbours(queries: np.ndarray, references: np.ndarray, k: int, same: bool = False,
+                           probes: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices (n, k) of approximate k nearest references, ascending: an inverted-file search.
+
+    k-means (fitted on a sample) cuts the references into about sqrt(m) cells; each query is compared only
+    with the references of its ``probes`` (default ``PROBES``) nearest cells: about n probes sqrt(m)
+    distances instead of n m. Cell by cell, the queries that probe it are compared with its references in
+    one matrix product (float32) and keep their k nearest there; the k nearest over all probed cells are
+    chosen at the end and their distances recomputed in full precision. A missed neighbour can only make a
+    distance larger. Written here because no approximate-search library is a dependency (scikit-learn has
+    none, and its trees were slower than brute force on the networks' 192-dimensional features).
+    """
+    from sklearn.cluster import KMeans
+
+    probes = probes or PROBES
+    q = np.ascontiguousarray(queries, dtype=np.float32).reshape(len(queries), -1)
+    r = np.ascontiguousarray(references, dtype=np.float32).reshape(len(references), -1)
+    n_cells = max(1, min(len(r) // max(2 * k, 1), round(np.sqrt(len(r)))))
+    count = min(probes, n_cells)
+    rng = np.random.default_rng(seed)
+    sample = r[np.sort(rng.choice(len(r), min(len(r), 40 * n_cells), replace=False))]
+    centres = KMeans(n_cells, n_init=1, max_iter=25, random_state=seed).fit(sample).cluster_centers_.astype(np.float32)
+    centre_norms = (centres**2).sum(1)
+
+    def nearest_cells(x: np.ndarray, how_many: int) -> np.ndarray:
+        out = np.empty((len(x), how_many), dtype=np.int64)
+        for start in range(0, len(x), 8192):
+            d2 = centre_norms[None, :] - 2 * x[start:start + 8192] @ centres.T
+            out[start:start + 8192] = (np.argpartition(d2, how_many - 1, axis=1)[:, :how_many] if how_many < n_cells
+                                       else np.broadcast_to(np.arange(n_cells), (len(d2), n_cells)))
+        return out
+
+    cell_of = nearest_cells(r, 1)[:, 0]
+    order = np.argsort(cell_of, kind="stable")
+    bounds = np.searchsorted(cell_of[order], np.arange(n_cells + 1))
+    place = np.empty(len(r), dtype=np.int64)  # each reference's position within its cell
+    place[order] = np.arange(len(r)) - bounds[cell_of[order]]
+    # |q - r|^2 - |q|^2 = [q, 1] . [-2 r, |r|^2]: one matrix product per block ranks a query's references
+    r_aug = np.hstack([-2 * r, (r**2).sum(1, keepdims=True)])
+    best_d = np.empty((len(q), k), dtype=np.float32)
+    best_i = np.empty((len(q), k), dtype=np.int64)
+    for first in range(0, len(q), QUERY_BLOCK):  # queries in blocks: memory O(block x probes x k)
+        chunk = slice(first, first + QUERY_BLOCK)
+        q_aug = np.hstack([q[chunk], np.ones((len(q[chunk]), 1), dtype=np.float32)])
+        own_cell = cell_of[first:first + len(q_aug)] if same else None
+        probed = nearest_cells(q[chunk], count)  # (b, count): query i's slot p holds its p-th probed cell
+        visits = np.argsort(probed, axis=None, kind="stable")  # the (query, slot) pairs grouped by cell
+        visit_bounds = np.searchsorted(probed.ravel()[visits], np.arange(n_cells + 1))
+        found_d = np.full((len(q_aug), count, k), np.inf, dtype=np.float32)  # each slot's k nearest in its cell
+        found_i = np.full((len(q_aug), count, k), -1, dtype=np.int64)
+        for cell in range(n_cells):
+            members = order[bounds[cell]:bounds[cell + 1]]
+            cell_visits = visits[visit_bounds[cell]:visit_bounds[cell + 1]]
+            if not len(members) or not len(cell_visits):
+                continue
+            kept = min(k, len(members))
+            block = np.ascontiguousarray(r_aug[members].T)
+            step = max(1, 4_000_000 // len(members))
+            for start in range(0, len(cell_visits), step):
+                rows, slots = np.divmod(cell_visits[start:start + step], count)
+                d2 = q_aug[rows] @ block
+                if own_cell is not None:  # a query in this cell is one of its references: its own entry left out
+                    own = np.flatnonzero(own_cell[rows] == cell)
+                    d2[own, place[first + rows[own]]] = np.inf
+                nearest = np.argpartition(d2, kept - 1, axis=1)[:, :kept] if kept < len(members) else \
+                    np.broadcast_to(np.arange(len(members)), (len(rows), kept))
+                found_d[rows, slots, :kept] = np.take_along_axis(d2, nearest, 1)
+                found_i[rows, slots, :kept] = members[nearest]
+        found_d, found_i = found_d.reshape(len(q_aug), -1), found_i.reshape(len(q_aug), -1)
+        chosen = np.argpartition(found_d, k - 1, axis=1)[:, :k]
+        best_d[chunk], best_i[chunk] = np.take_along_axis(found_d, chosen, 1), np.take_along_axis(found_i, chosen, 1)
+    short = np.flatnonzero(~np.isfinite(best_d).all(1))  # too few references in the probed cells: exact
+    if len(short):
+        from sklearn.neighbors import NearestNeighbors
+
+        exact = NearestNeighbors(n_neighbors=k + int(same)).fit(r).kneighbors(q[short], return_distance=False)
+        if same:
+            keep = np.argsort(exact == short[:, None], axis=1, kind="stable")[:, :k]  # its own entry last, dropped
+            exact = np.take_along_axis(exact, keep, 1)
+        best_i[short] = exact
+    full_q = np.asarray(queries).reshape(len(queries), -1)
+    full_r = np.asarray(references).reshape(len(references), -1)
+    distances = np.empty(best_i.shape)
+    for start in range(0, len(q), 8192):  # in full precision, a block of rows at a time
+        gap = full_q[start:start + 8192, None, :].astype(np.float64) - full_r[best_i[start:start + 8192]]
+        distances[start:start + 8192] = np.sqrt((gap**2).sum(-1))
+    ascending = np.argsort(distances, axis=1, kind="stable")
+    return np.take_along_axis(distances, ascending, 1), np.take_along_axis(best_i, ascending, 1)
+
+
+def neighbour_recall(queries: np.ndarray, references: np.ndarray, k: int, same: bool = False, sample: int = 2000,
+                     seed: int = 0, probes: int | None = None) -> float:
+    """Recall of ``approximate_neighbours`` against the exact search, on ``sample`` random queries: the share
+    of each query's k true nearest references it returns (ties counted by distance), averaged."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rows = np.sort(np.random.default_rng(seed).choice(len(queries), min(sample, len(queries)), replace=False))
+    subset = np.asarray(queries)[rows].reshape(len(rows), -1)
+    refs = np.asarray(references).reshape(len(references), -1)
+    exact = NearestNeighbors(n_neighbors=k + int(same)).fit(refs).kneighbors(subset)[0][:, int(same):]
+    if same:  # the approximate search of these rows must leave out their own entries: search them as queries
+        approx, _ = approximate_neighbours(np.asarray(queries), refs, k, same=True, probes=probes)
+        approx = approx[rows]
+    else:
+        approx, _ = approximate_neighbours(subset, refs, k, probes=probes)
+    tolerance = 1e-6 * np.maximum(exact[:, -1:], 1e-12)
+    return float((approx <= exact[:, -1:] + tolerance).mean())
+
+
+def knn_log_distance(x: np.ndarray, k: int = NEIGHBOURS, max_pairs: int | None = EXACT_PAIRS) -> np.ndarray:
+    """log of the mean distance to a row's k nearest other rows (exact up to 20,000 rows: ``nearest_distances``)."""
     k = max(1, min(k, len(x) - 1))
-    distances = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)[0][:, 1:].mean(1)
+    distances = nearest_distances(x, x, k, same=True, max_pairs=max_pairs).mean(1)
     floor = max(float(np.median(distances)) * 1e-6, 1e-12)  # duplicates: distance 0, log finite
     return np.asarray(np.log(distances + floor))
 
@@ -300,7 +438,7 @@ def local_fdr(z: np.ndarray, scale: float, band: tuple[float, float] = TAIL_BAND
     return np.asarray(np.where(z >= lo + window, np.minimum(1.0, expected / np.maximum(observed, 1)), 1.0))
 
 
-def robust_novelty(spaces: list[np.ndarray], k: int = NEIGHBOURS) -> Novelty:
+def robust_novelty(spaces: list[np.ndarray], k: int = NEIGHBOURS, max_pairs: int | None = EXACT_PAIRS) -> Novelty:
     """Novelty of every row against the rest of the data, with no clean reference: in each space the
     robust z of the log kNN distance (rows winsorised and standardised first), the largest over spaces.
 
@@ -308,7 +446,7 @@ def robust_novelty(spaces: list[np.ndarray], k: int = NEIGHBOURS) -> Novelty:
     are declared anomalies. On the benchmark's feature anomalies (5 % of rows, features 5 sd out) this
     declared 100 % of them, with 0 to 2 clean rows declared per set; with no anomalies, 0 to 2 rows.
     """
-    z = np.max([robust_z(knn_log_distance(winsorised(space), k)) for space in spaces], axis=0)
+    z = np.max([robust_z(knn_log_distance(winsorised(space), k, max_pairs)) for space in spaces], axis=0)
     scale = tail_scale(z)
     return Novelty(z, local_fdr(z, scale) < LFDR_CUT, tail_p_values(z, scale))
 

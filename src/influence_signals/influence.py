@@ -28,6 +28,14 @@ from .networks import AdaptedModel
 from .training import load_checkpoint, resolve_device
 
 WEIGHTINGS = ("lr", "lr_over_batch")
+PAIR_BUDGET = 10_000 * 10_000
+"""The most (training row, validation row) pairs the pairwise pass visits. Every split of a table of up to 20,000
+rows holds at most (20,000 / 2)^2 pairs, so its pass stays exact; a larger one visits a stratified sample of the
+validation rows (``TracInEngine.column_sample``): the exact pass grows as n^2 and took 284 of the debug command's
+428 s at 50,000 rows (1 seed, 3 folds, 2 cores; n^2 makes that about 16 times as long at 200,000). The sample's
+agreement with the exact pass is measured in ``benchmarks/scale_benchmark.py``."""
+MIN_CLASS_COLUMNS = 64  # a sampled pass visits at least this many validation rows of every class (or all of them)
+VAL_BLOCK = 4096  # validation rows per block where their factors are streamed from the store instead of held
 
 
 def checkpoint_weight(learning_rate: float, weighting: str, train_batch_size: int) -> float:
@@ -40,14 +48,43 @@ def checkpoint_weight(learning_rate: float, weighting: str, train_batch_size: in
 
 
 class TracInEngine:
-    """Blockwise TracIn from a ``FactorStore``: validation factors stay resident, training rows stream."""
+    """Blockwise TracIn from a ``FactorStore``: validation factors stay resident, training rows stream.
 
-    def __init__(self, store: FactorStore, device: str = "cpu", weighting: str = "lr") -> None:
+    Above ``max_pairs`` training x validation pairs (``sampled``) the validation factors are not held either
+    (200,000 rows, 3 folds: 30 checkpoints x 67,000 rows x 193 floats, 1.5 GB): the closed forms stream them
+    in blocks, the pairwise pass reads only its sampled columns, and they are loaded whole only if a caller
+    asks for every tile (``blocks``, ``matrix``).
+    """
+
+    def __init__(self, store: FactorStore, device: str = "cpu", weighting: str = "lr",
+                 max_pairs: int | None = PAIR_BUDGET) -> None:
+        """``max_pairs``: the pass is exact up to this many pairs (None: always exact)."""
         self.store, self.device = store, resolve_device(device)
         self.checkpoints, self.train_labels = list(range(store.n_checkpoints)), store.y_train  # the store's, in order
         weights = [checkpoint_weight(rate, weighting, store.meta.train_batch_size) for rate in store.meta.learning_rates]
         self.weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
-        self.val_errors, self.val_features = self._factors("val", store.y_val, 0, store.meta.n_val)
+        self.max_pairs = max_pairs
+        self._val: tuple[torch.Tensor, torch.Tensor] | None = None
+        if not self.sampled:
+            self._val = self._factors("val", store.y_val, 0, store.meta.n_val)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the pairwise pass visits a sample of the validation rows (more pairs than ``max_pairs``)."""
+        return self.max_pairs is not None and self.n_train * self.n_val > self.max_pairs
+
+    @property
+    def val_errors(self) -> torch.Tensor:
+        return self._val_factors()[0]
+
+    @property
+    def val_features(self) -> torch.Tensor:
+        return self._val_factors()[1]
+
+    def _val_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._val is None:
+            self._val = self._factors("val", self.store.y_val, 0, self.n_val)
+        return self._val
 
     @property
     def n_checkpoints(self) -> int:
@@ -76,11 +113,35 @@ class TracInEngine:
         features[..., -1] = 1.0
         for t, checkpoint in enumerate(self.checkpoints):
             logits = self._tensor(f"{split}_logits", checkpoint, start, stop)
-            # an explicit softmax: torch's is ~4x slower over a last dimension as short as k on the CPU
-            torch.sub(logits, logits.amax(-1, keepdim=True), out=errors[t]).exp_()
-            errors[t].div_(errors[t].sum(-1, keepdim=True))
-            errors[t, torch.arange(rows, device=self.device), target] -= 1.0
+            self._errors(logits, target, errors[t])
             features[t, :, :-1] = self._tensor(f"{split}_features", checkpoint, start, stop)
+        return errors, features
+
+    def _errors(self, logits: torch.Tensor, target: torch.Tensor, out: torch.Tensor) -> None:
+        """softmax(logits) - onehot(target) into ``out``."""
+        # an explicit softmax: torch's is ~4x slower over a last dimension as short as k on the CPU
+        torch.sub(logits, logits.amax(-1, keepdim=True), out=out).exp_()
+        out.div_(out.sum(-1, keepdim=True))
+        out[torch.arange(len(target), device=self.device), target] -= 1.0
+
+    def _rows_factors(self, split: str, labels: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_factors`` of the rows ``rows`` (any order) of a split: each checkpoint read whole and indexed, or row
+        by row where they are few."""
+        meta, rows = self.store.meta, np.asarray(rows, dtype=np.int64)
+        target = torch.from_numpy(labels[rows]).to(self.device)
+        errors = torch.empty((self.n_checkpoints, len(rows), meta.n_classes), device=self.device)
+        features = torch.empty((self.n_checkpoints, len(rows), meta.dim + 1), device=self.device)
+        features[..., -1] = 1.0
+        few = len(rows) * 64 < (meta.n_train if split == "train" else meta.n_val)
+
+        def read(name: str, t: int) -> torch.Tensor:
+            if few:
+                return torch.from_numpy(np.concatenate([self.store.read(name, t, r, r + 1) for r in rows])).to(self.device)
+            return torch.from_numpy(self.store.read(name, t)[rows]).to(self.device)
+
+        for t, checkpoint in enumerate(self.checkpoints):
+            self._errors(read(f"{split}_logits", checkpoint), target, errors[t])
+            features[t, :, :-1] = read(f"{split}_features", checkpoint)
         return errors, features
 
     def train_factors(self, start: int, stop: int, weighted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,14 +165,41 @@ class TracInEngine:
                 col_stop = min(col + col_block, self.n_val)
                 yield slice(start, stop), slice(col, col_stop), self.block(factors, col, col_stop)
 
+    def rows_influence(self, rows: Sequence[int]) -> torch.Tensor:
+        """TracIn of the training rows ``rows`` on every validation row, summed over checkpoints: (len(rows), m).
+
+        Row by row from the resident validation factors; on a ``sampled`` engine, all rows at once with the
+        validation factors streamed in blocks from the store (never all in memory)."""
+        if self._val is not None:
+            return torch.stack([self.block(self.train_factors(r, r + 1), 0, self.n_val).sum(0)[0] for r in rows])
+        errors, features = self._rows_factors("train", self.train_labels, np.asarray(rows))
+        errors.mul_(self.weights[:, None, None])
+        out = torch.empty((len(rows), self.n_val), device=self.device)
+        for start in range(0, self.n_val, VAL_BLOCK):
+            stop = min(start + VAL_BLOCK, self.n_val)
+            val_errors, val_features = self._factors("val", self.store.y_val, start, stop)
+            out[:, start:stop] = torch.bmm(features, val_features.transpose(1, 2)).mul_(
+                torch.bmm(errors, val_errors.transpose(1, 2))).sum(0)
+        return out
+
     def self_influence(self) -> torch.Tensor:
         """Per-checkpoint self-influence (T, n): w_t |e_i,t|^2 (|h_i,t|^2 + 1)."""
         return self._closed_forms(self.store.y_val, self.store.meta.n_classes)[0]
 
     def _class_moments(self, y_val: np.ndarray, n_classes: int) -> torch.Tensor:
-        """A_tc = sum_{j in class c} e_j [h_j, 1]^T over validation rows, as (T, d + 1, C k)."""
+        """A_tc = sum_{j in class c} e_j [h_j, 1]^T over validation rows, as (T, d + 1, C k); summed block by
+        block from the store where the validation factors are not held."""
         onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(self.device), n_classes).float()
-        return torch.einsum("jc,tjk,tjd->tdck", onehot, self.val_errors, self.val_features).flatten(2)
+        if self._val is not None:
+            return torch.einsum("jc,tjk,tjd->tdck", onehot, self.val_errors, self.val_features).flatten(2)
+        total: torch.Tensor | None = None
+        for start in range(0, self.n_val, VAL_BLOCK):
+            stop = min(start + VAL_BLOCK, self.n_val)
+            errors, features = self._factors("val", self.store.y_val, start, stop)
+            part = torch.einsum("jc,tjk,tjd->tdck", onehot[start:stop], errors, features).flatten(2)
+            total = part if total is None else total.add_(part)
+        assert total is not None
+        return total
 
     @staticmethod
     def _project(moments: torch.Tensor, errors: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -162,7 +250,13 @@ class TracInEngine:
         if kernel not in ("auto", "torch"):
             raise ValueError(f"unknown kernel {kernel!r}; known: auto, torch")
         lib = tile_kernel.library() if kernel == "auto" and self.device.type == "cpu" else None
-        tiles, width = self._column_tiles(y_val, n_classes, lib, col_block)
+        if self.sampled:
+            columns, scale = self.column_sample(y_val, n_classes)
+            val = (self._rows_factors("val", self.store.y_val, columns) if self._val is None
+                   else (self._val[0][:, columns], self._val[1][:, columns]))
+            tiles, width = self._column_tiles(y_val[columns], n_classes, lib, col_block, val)
+        else:
+            tiles, width = self._column_tiles(y_val, n_classes, lib, col_block)
         shape = (self.n_train, n_classes)
         pos, pos_t = torch.zeros(shape, device=self.device), torch.zeros((self.n_checkpoints, *shape), device=self.device)
         sums_t = (self.class_sums(y_val, n_classes) if class_sums is None else class_sums).to(self.device, torch.float32)
@@ -178,22 +272,49 @@ class TracInEngine:
                 else:
                     self._torch_tile(features, errors, tile_features, tile_errors, runs,
                                      pos_t[:, start:stop], pos[start:stop], buffers)
+        if self.sampled:  # each class's sample scaled to its size, then P >= max(S, 0) (as N <= 0 <= P)
+            weights = torch.from_numpy(scale).to(self.device, torch.float32)
+            sums = sums_t.sum(0)
+            pos = torch.maximum(pos.mul_(weights), sums.clamp(min=0))
+            pos_t = torch.maximum(pos_t.mul_(weights), sums_t.clamp(min=0))
+            return pos, sums.sub_(pos), pos_t, sums_t.sub(pos_t)
         return pos, sums_t.sum(0).sub_(pos), pos_t, sums_t.sub(pos_t)
 
-    def _column_tiles(self, y_val: np.ndarray, n_classes: int, lib: Any, col_block: int
+    def column_sample(self, y_val: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The validation rows a ``sampled`` pass visits and each class's weight (its rows over those visited).
+
+        Each class is sampled in proportion (``max_pairs`` / (n_train n_val) of its rows, at least
+        ``MIN_CLASS_COLUMNS``), without replacement and with a fixed seed, so P_ic = sum_{j in c} max(I_ij, 0)
+        is estimated without bias by the weighted sum over the sample; the pass then costs about ``max_pairs``
+        pairs whatever n is."""
+        share = (self.max_pairs or 0) / (self.n_train * self.n_val)
+        rng = np.random.default_rng(0)
+        columns, weights = [], np.ones(n_classes)
+        for c in range(n_classes):
+            rows = np.flatnonzero(y_val == c)
+            if len(rows):
+                take = min(len(rows), max(MIN_CLASS_COLUMNS, round(len(rows) * share)))
+                columns.append(np.sort(rng.choice(rows, take, replace=False)))
+                weights[c] = len(rows) / take
+        return np.concatenate(columns), weights
+
+    def _column_tiles(self, y_val: np.ndarray, n_classes: int, lib: Any, col_block: int,
+                      val: tuple[torch.Tensor, torch.Tensor] | None = None
                       ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]], tile_kernel.Runs]], int]:
         """The validation factors (T, d + 1, c) and (T, k, c) of each column tile, and the class runs it holds.
 
         Columns are sorted by class, each class padded with zero columns to the kernel's block width; tiles
-        are ``col_block`` wide for torch ops, or as wide as keeps a tile in cache for the kernel.
+        are ``col_block`` wide for torch ops, or as wide as keeps a tile in cache for the kernel. ``val``: the
+        (errors, features) of the columns to visit (default: every validation row), labelled ``y_val``.
         """
+        val_errors, val_features = val if val is not None else (self.val_errors, self.val_features)
         align = tile_kernel.block_columns(lib)
         counts = np.bincount(y_val, minlength=n_classes)
         bounds = np.concatenate([[0], np.cumsum(-(-counts // align) * align)])  # each class's padded column run
         slots = np.concatenate([bounds[c] + np.arange(counts[c]) for c in range(n_classes)])  # sorted rows' columns
         order = torch.from_numpy(np.argsort(y_val, kind="stable")).to(self.device)
         padded = []
-        for factors in (self.val_features, self.val_errors):
+        for factors in (val_features, val_errors):
             layout = torch.zeros((self.n_checkpoints, factors.shape[-1], int(bounds[-1])), device=self.device)
             layout[:, :, torch.from_numpy(slots).to(self.device)] = factors[:, order].transpose(1, 2)
             padded.append(layout)
@@ -369,4 +490,5 @@ class Relabelled(TracInEngine):
         self.store, self.device = engine.store, engine.device  # the engine's factors, not re-read from the store
         self.checkpoints, self.train_labels = engine.checkpoints[-1:], labels
         self.weights = (engine.weights if weights is None else weights.to(engine.device))[-1:]
-        self.val_errors, self.val_features = engine.val_errors[-1:], engine.val_features[-1:]
+        self.max_pairs = engine.max_pairs
+        self._val = None if engine._val is None else (engine._val[0][-1:], engine._val[1][-1:])  # else read when needed

@@ -196,56 +196,81 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
     """One seed of the debug command: a model per fold of a stratified ``folds``-fold partition (drawn with
     ``seed``) of the user's data, trained on the other folds, its TracIn factors, history and every selected
     signal per training row, in ``runs/f<k>`` (``crossfit``). One job and one start-up per seed, not four
-    per fold; checkpoints are kept only while a fold trains (its factors hold what the signals need)."""
+    per fold; checkpoints are kept only while a fold trains (its factors hold what the signals need). Each
+    costly input is computed as its own logged step (``crossfit.Progress``), so the log shows where a long
+    job is."""
+    import gc
     import tempfile
 
     from . import crossfit as folds_of
     from . import influence, training
     from .artifacts import atomic_path
 
-    loaded = datasets.load_split(dataset, spec, data_dir, False)
+    progress = folds_of.Progress()
+    with progress.step(f"reading {dataset}"):
+        loaded = datasets.load_split(dataset, spec, data_dir, False)
     device = settings.get("device", "cpu")
+    needs = {need for name in names for need in signal_registry.SIGNALS[name].needs}
     with atomic_path(runs, directory=True) as tmp:
         for fold in range(folds):
             train_set, held_out, _ = datasets.prepare(loaded, 1.0, 0.2, seed, fold, folds, clip)
             folder = tmp / f"f{fold}"
             folder.mkdir()
-            log.info("fold %d of %d: %d rows in training, %d held out", fold + 1, folds, len(train_set.y), len(held_out.y))
+            step = f"fold {fold + 1} of {folds}"
+            log.info("%s: %d rows in training, %d held out", step, len(train_set.y), len(held_out.y))
             folds_of.save_split(folder / "split.npz", train_set, held_out)
             net = _build(model, train_set, settings, seed)
             _load_pretrained(net, model, settings.get("pretrained"), None, False)
-            with tempfile.TemporaryDirectory(dir=tmp) as checkpoints:
+            with progress.step(f"{step}: training and its factors"), tempfile.TemporaryDirectory(dir=tmp) as checkpoints:
                 history = training.train(net, train_set, held_out, _train_settings(settings, seed),
                                          f"{checkpoints}/checkpoints", folder / "factors")
             write_csv(folder / "history.csv", history)
             store = FactorStore(folder / "factors")
             inputs = signal_registry.SignalInputs(influence.open_influence(str(folder / "factors"), device, weighting, None), store,
                                           row_block, k_neighbours=k_neighbours, seed=seed, data=(train_set.x, held_out.x))
-            table, _, _ = signal_registry.compute(inputs, names)
+            if needs & {"class_sums", "class_masses", "self_influence"}:
+                with progress.step(f"{step}: self-influence and class sums (closed form)"):
+                    _ = inputs.class_sums, inputs.self_influence
+            if needs & {"class_masses", "relabelled"}:
+                with progress.step(f"{step}: positive and negative influence per class (the pairwise pass)"):
+                    _ = inputs.class_masses
+            if "relabelled" in needs:
+                with progress.step(f"{step}: relabelled passes (CNCI, PCID)"):
+                    _ = inputs.cnci, inputs.pcid
+            with progress.step(f"{step}: every other signal ({', '.join(names)})"):
+                table, _, _ = signal_registry.compute(inputs, names)
             table.insert(1, "id", train_set.ids)
             table.insert(2, "observed_label", store.y_train)
             write_csv(folder / "scores.csv", table)
+            del inputs, table  # a fold's arrays (hundreds of MB at 200,000 rows) are not kept while the next trains:
+            gc.collect()  # its inputs and their views refer to each other, so only the cycle collector frees them
 
 
 def debug_report(runs: Sequence[str], dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, folds: int,
                  settings: Mapping[str, Any], top: float, suspects: str, pred_probs: str, report: str) -> None:
     """The detector's verdict on every row of the user's data from the seeds' cross-fitted runs (``runs``, in
-    seed order): ``suspects.csv``, ``pred_probs.csv`` and ``report.html``."""
+    seed order): ``suspects.csv``, ``pred_probs.csv`` and ``report.html``; each step logged with its seconds."""
     from . import crossfit as folds_of
     from . import html_report
 
-    data = datasets.load(dataset, spec, data_dir)
-    evidence = folds_of.collect(runs, folds, data)
+    progress = folds_of.Progress()
+    with progress.step(f"reading {dataset}"):
+        data = datasets.load(dataset, spec, data_dir)
+    with progress.step(f"reading {len(runs)} x {folds} runs"):
+        evidence = folds_of.collect(runs, folds, data)
     log.info("checkpoint %d of %d has the lowest held-out loss (%.4f)", evidence.epoch + 1, len(evidence.held_out_loss),
              evidence.held_out_loss[evidence.epoch])
-    table = folds_of.named(folds_of.suspicion_table(evidence, data), data.class_names)
-    write_csv(suspects, folds_of.spreadsheet_safe(table))
-    write_csv(pred_probs, folds_of.spreadsheet_safe(folds_of.held_out_table(evidence, data)))
+    table = folds_of.named(folds_of.suspicion_table(evidence, data, progress), data.class_names)
+    with progress.step("writing suspects.csv and pred_probs.csv"):
+        write_csv(suspects, folds_of.spreadsheet_safe(table))
+        write_csv(pred_probs, folds_of.spreadsheet_safe(folds_of.held_out_table(evidence, data)))
     flagged = set(table.loc[table["glitch_type"] != "none", "id"])
-    harms = folds_of.harmed_rows(runs, evidence.per_row, list(table["id"].head(10)), flagged)
-    context = html_report.report_context(runs, folds, model, data, spec, table, harms, top, settings,
-                                          evidence.pred_probs)
-    write_text(report, html_report.render_report(context))
+    with progress.step("the rows the top 10 harm most (TracIn)"):
+        harms = folds_of.harmed_rows(runs, evidence.per_row, list(table["id"].head(10)), flagged)
+    with progress.step("report.html"):
+        context = html_report.report_context(runs, folds, model, data, spec, table, harms, top, settings,
+                                              evidence.pred_probs)
+        write_text(report, html_report.render_report(context))
 
 
 def _with_job(paths: Sequence[str], keys: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
