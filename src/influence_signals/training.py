@@ -384,7 +384,7 @@ class FactorRecorder:
         self.cached = dict(cached or {})
         self.trunk = [t.clone() for t in frozen_state(model)] if model is not None and cached else []
         self.recorded: dict[int, tuple[str, float, int]] = {}  # index -> checkpoint name, learning rate, epoch
-        self.arrays: dict[str, np.memmap[Any, Any]] = {}
+        self.arrays: dict[str, tuple[Path, int, tuple[int, ...]]] = {}  # name -> .npy file, data offset, shape
 
     def _inputs(self, model: AdaptedModel) -> Cache:
         state = frozen_state(model)
@@ -400,12 +400,25 @@ class FactorRecorder:
         parts = (*logits_and_features(model, *cached["train"], self.device),
                  *logits_and_features(model, *cached["val"], self.device))
         for array_name, part in zip(ARRAYS, parts):
-            if array_name not in self.arrays:
-                self.arrays[array_name] = np.lib.format.open_memmap(
-                    self.folder / f"{array_name}.npy", mode="w+", dtype=np.float32, shape=(self.n_checkpoints, *part.shape))
-            self.arrays[array_name][index] = part
+            self._write(array_name, index, np.ascontiguousarray(part, dtype=np.float32))
         self.recorded[index] = (name, float(learning_rate), int(epoch))
         return parts[ARRAYS.index("val_logits")]
+
+    def _write(self, array_name: str, index: int, block: np.ndarray) -> None:
+        """Checkpoint ``index``'s block of an array, written at its offset in the ``.npy`` file. Not through a
+        writable memmap: its dirty pages count as the job's resident memory (4.6 GB of a 200,000-row fold's
+        factors, 5.3 GiB peak RSS; written like this, 1.96 GiB in a scratch test)."""
+        if array_name not in self.arrays:
+            path = self.folder / f"{array_name}.npy"
+            created = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(self.n_checkpoints, *block.shape))
+            self.arrays[array_name] = (path, int(created.offset), tuple(created.shape))
+            del created  # the header and the file's size are written; nothing of it stays mapped
+        path, offset, shape = self.arrays[array_name]
+        if block.shape != shape[1:]:
+            raise ArtifactError(f"{array_name}: checkpoint {index} has shape {block.shape}, the others {shape[1:]}")
+        with open(path, "r+b") as handle:
+            handle.seek(offset + index * block.nbytes)
+            block.tofile(handle)
 
     def record_checkpoint(self, index: int, model: AdaptedModel, path: Path) -> None:
         """Load the checkpoint at ``path`` into ``model`` (already placed on the recorder's device; loading keeps
@@ -418,13 +431,11 @@ class FactorRecorder:
         missing = sorted(set(range(self.n_checkpoints)) - set(self.recorded))
         if missing:
             raise ArtifactError(f"checkpoints {missing} of {self.n_checkpoints} were never recorded")
-        for array in self.arrays.values():
-            array.flush()
         np.save(self.folder / "y_train.npy", self.train.y)
         np.save(self.folder / "y_val.npy", self.val.y)
         names, rates, epochs = (list(column) for column in zip(*(self.recorded[i] for i in range(self.n_checkpoints))))
         meta = FactorMeta(len(self.train.y), len(self.val.y), self.train.n_classes,
-                          self.arrays["train_features"].shape[-1], rates, train_batch_size, epochs, names)
+                          self.arrays["train_features"][2][-1], rates, train_batch_size, epochs, names)
         (self.folder / "meta.json").write_text(json.dumps(meta.__dict__, indent=2))
         self.arrays.clear()
         return meta
