@@ -68,7 +68,8 @@ the factor files, not the job's own arrays: training.FactorRecorder writes them 
 4.6 GB of a fold's factors (30 checkpoints x 200,000 rows x 192 features) stay mapped and count as file-backed RSS
 (RssFile 4,849 MiB). Writing each checkpoint at its offset with seek + tofile instead kept RssFile at 345 MiB at
 the same speed (302-329 s either way); the anonymous peak is then 1,625 MiB (every other signal's step, fold 2),
-RSS about 1,960 MiB. That writer is in training.py, outside this change."""
+RSS about 1,960 MiB. training.FactorRecorder now writes that way (commit d38ac3f): measured with this script
+(--sizes 10000 200000) after it, 200,000 rows took 341 s at a peak RSS of 1,748 MiB."""
 
 
 # ----------------------------------------------------------------------------------------------
