@@ -122,7 +122,7 @@ def estimate(measured: pd.DataFrame, measured_config: Mapping[str, Any], target:
     """Core-seconds of every job ``target`` plans, one line per job and stage."""
     rates, (pairwise, linear) = train_rates(measured), signals_fit(measured)
     sizes = target_sizes(target, measured, measured_config)
-    per_row = {stage: float((g["core_s"]).sum() / max(len(g), 1)) for stage, g in measured.groupby("stage")}
+    per_job = measured.groupby("stage")["core_s"].mean().to_dict()  # a measured job's mean core-seconds per stage
     rows_measured = float(measured.loc[measured["stage"] == "train", "n_train"].median())
     lines = []
     jobs = cfg.all_jobs(target)
@@ -131,13 +131,13 @@ def estimate(measured: pd.DataFrame, measured_config: Mapping[str, Any], target:
         epochs = cfg.train_settings(target, job.dataset, job.model)["epochs"]
         lines.append({"stage": "train", "core_s": train_rate(job.model, rates) * n_train * epochs, "job": job})
         lines.append({"stage": "signals", "core_s": pairwise * n_train * n_val + linear * n_train, "job": job})
-        lines.append({"stage": "inject", "core_s": per_row.get("inject", 0.0) * n_train / rows_measured, "job": job})
+        lines.append({"stage": "inject", "core_s": per_job.get("inject", 0.0) * n_train / rows_measured, "job": job})
     splits = {(job.dataset, cfg.split_seed(target, job.seed)) for job in jobs}
     for dataset, _ in splits:
-        lines.append({"stage": "prepare", "core_s": per_row.get("prepare", 0.0) * sum(sizes[dataset]) / rows_measured})
-    lines.append({"stage": "aggregate", "core_s": per_row.get("aggregate", 0.0)})
-    lines += [{"stage": "figures", "core_s": per_row.get("figures", 0.0)} for _ in target.get("figures", {})]
-    lines += [{"stage": "tables", "core_s": per_row.get("tables", 0.0)} for _ in target.get("tables", {})]
+        lines.append({"stage": "prepare", "core_s": per_job.get("prepare", 0.0) * sum(sizes[dataset]) / rows_measured})
+    lines.append({"stage": "aggregate", "core_s": per_job.get("aggregate", 0.0)})
+    lines += [{"stage": "figures", "core_s": per_job.get("figures", 0.0)} for _ in target.get("figures", {})]
+    lines += [{"stage": "tables", "core_s": per_job.get("tables", 0.0)} for _ in target.get("tables", {})]
     return pd.DataFrame(lines)
 
 

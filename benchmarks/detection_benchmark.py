@@ -68,11 +68,12 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return bunch.data.astype(np.float64), bunch.target, [str(c) for c in bunch.target_names]
 
 
-def _generated() -> tuple[np.ndarray, np.ndarray, list[str]]:
+def generated(n_rows: int = 2000, seed: int = 11) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The generated table: ``make_classification`` with 20 features (10 informative), 4 classes."""
     from sklearn.datasets import make_classification
 
-    x, y = make_classification(n_samples=2000, n_features=20, n_informative=10, n_redundant=4, n_classes=4,
-                               n_clusters_per_class=2, class_sep=1.2, flip_y=0, random_state=11)
+    x, y = make_classification(n_samples=n_rows, n_features=20, n_informative=10, n_redundant=4, n_classes=4,
+                               n_clusters_per_class=2, class_sep=1.2, flip_y=0, random_state=seed)
     return x, y, [f"class_{c}" for c in range(4)]
 
 
@@ -87,7 +88,7 @@ SETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str]]]] = {
     "wine": lambda: _sklearn("wine"),
     "breast_cancer": lambda: _sklearn("breast_cancer"),
     "digits": lambda: _sklearn("digits"),  # 64 pixel columns (0-16)
-    "generated": _generated,
+    "generated": generated,
 }
 
 

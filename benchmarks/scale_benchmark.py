@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import detection_benchmark  # its generated table and cleanlab's out-of-sample probabilities, shared (same folder)
+
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "scale_results.md"
 SIZES = (10_000, 50_000, 200_000)
@@ -79,10 +81,7 @@ RSS about 1,960 MiB. training.FactorRecorder now writes that way (commit d38ac3f
 def generated(n: int, seed: int = 11) -> pd.DataFrame:
     """``make_classification`` (20 features, 4 classes) with 10 % of the labels flipped to another class and 2 %
     of the other rows shifted 5 sd in half their features."""
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(n_samples=n, n_features=20, n_informative=10, n_redundant=4, n_classes=4,
-                               n_clusters_per_class=2, class_sep=1.2, flip_y=0, random_state=seed)
+    x, y, _ = detection_benchmark.generated(n, seed)
     return _glitched(x, y, 4, 0.02)
 
 
@@ -307,19 +306,14 @@ def cleanlab_times(frame: pd.DataFrame, repeats: int = 3) -> dict[str, float]:
     """Seconds of cleanlab's usual path per classifier: 5-fold out-of-sample probabilities, then Datalab; the
     best of ``repeats`` runs, after one warm-up run on 200 rows (imports and first calls are not counted)."""
     from cleanlab import Datalab
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     x = frame.drop(columns=["label"]).to_numpy(np.float64)
     _, y = np.unique(frame["label"].astype(str).to_numpy(), return_inverse=True)
 
-    def run(model: Any, rows: slice) -> float:
+    def run(kind: str, rows: slice) -> float:
         started = time.perf_counter()
-        probabilities = cross_val_predict(model, x[rows], y[rows], cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                                          method="predict_proba")
+        probabilities = detection_benchmark.out_of_sample(x[rows], y[rows], kind)
         scaled = StandardScaler().fit_transform(x[rows])
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             lab = Datalab(data={"label": y[rows]}, label_name="label", verbosity=0)
@@ -327,10 +321,9 @@ def cleanlab_times(frame: pd.DataFrame, repeats: int = 3) -> dict[str, float]:
         return time.perf_counter() - started
 
     times = {}
-    for kind, model in (("hgb", HistGradientBoostingClassifier(random_state=0)),
-                        ("lr", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)))):
-        run(model, slice(0, 200))
-        times[kind] = min(run(model, slice(None)) for _ in range(repeats))
+    for kind in ("hgb", "lr"):
+        run(kind, slice(0, 200))
+        times[kind] = min(run(kind, slice(None)) for _ in range(repeats))
     return times
 
 

@@ -185,10 +185,10 @@ def start_cluster(folder: Path) -> Cluster:
     skip(f"the node is '{state or 'unknown'}', not idle, after 60 s", cluster.log_tail(1))
 
 
-def stop_cluster(cluster: Cluster) -> None:
-    cluster.cancel_all()
+def stop_daemons(folder: Path) -> None:
+    """slurmd, slurmctld and munged of the cluster in ``folder``, each by its pid file (those that started)."""
     for pid_file in ("slurmd.pid", "slurmctld.pid", "munge/munged.pid"):
-        stop(pid_of(cluster.folder / pid_file))
+        stop(pid_of(folder / pid_file))
 
 
 @pytest.fixture(scope="module")
@@ -211,10 +211,8 @@ def cluster():
         yield started
     finally:
         if started is not None:
-            stop_cluster(started)
-        else:
-            for pid_file in ("slurmd.pid", "slurmctld.pid", "munge/munged.pid"):
-                stop(pid_of(folder / pid_file))
+            started.cancel_all()
+        stop_daemons(folder)
         if RUN_CONF.is_symlink() and os.readlink(RUN_CONF) == str(folder):
             RUN_CONF.unlink()
         shutil.rmtree(folder, ignore_errors=True)

@@ -47,6 +47,13 @@ def checkpoint_weight(learning_rate: float, weighting: str, train_batch_size: in
     raise ValueError(f"unknown checkpoint weighting {weighting!r}; known: {WEIGHTINGS}")
 
 
+def pairwise(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per-checkpoint influence (T, b, c) between train and validation factors, each (errors, features):
+    (e_i . e_j)(h_i . h_j + 1), the + 1 in the features' bias column."""
+    out = torch.bmm(train[1], val[1].transpose(1, 2))
+    return out.mul_(torch.bmm(train[0], val[0].transpose(1, 2)))
+
+
 class TracInEngine:
     """Blockwise TracIn from a ``FactorStore``: validation factors stay resident, training rows stream.
 
@@ -102,45 +109,37 @@ class TracInEngine:
         return torch.from_numpy(self.store.read(name, t, start, stop)).to(self.device)
 
     def _factors(self, split: str, labels: np.ndarray, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Error vectors (T, b, k) and bias-augmented features (T, b, d + 1) of rows [start, stop) of a split.
-
-        Filled checkpoint by checkpoint into preallocated tensors: no per-checkpoint copies to stack.
-        """
-        meta, rows = self.store.meta, stop - start
-        target = torch.from_numpy(labels[start:stop]).to(self.device)
-        errors = torch.empty((self.n_checkpoints, rows, meta.n_classes), device=self.device)
-        features = torch.empty((self.n_checkpoints, rows, meta.dim + 1), device=self.device)
-        features[..., -1] = 1.0
-        for t, checkpoint in enumerate(self.checkpoints):
-            logits = self._tensor(f"{split}_logits", checkpoint, start, stop)
-            self._errors(logits, target, errors[t])
-            features[t, :, :-1] = self._tensor(f"{split}_features", checkpoint, start, stop)
-        return errors, features
-
-    def _errors(self, logits: torch.Tensor, target: torch.Tensor, out: torch.Tensor) -> None:
-        """softmax(logits) - onehot(target) into ``out``."""
-        # an explicit softmax: torch's is ~4x slower over a last dimension as short as k on the CPU
-        torch.sub(logits, logits.amax(-1, keepdim=True), out=out).exp_()
-        out.div_(out.sum(-1, keepdim=True))
-        out[torch.arange(len(target), device=self.device), target] -= 1.0
+        """Error vectors (T, b, k) and bias-augmented features (T, b, d + 1) of rows [start, stop) of a split."""
+        return self._fill(split, labels[start:stop], lambda name, t: self._tensor(name, t, start, stop))
 
     def _rows_factors(self, split: str, labels: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``_factors`` of the rows ``rows`` (any order) of a split: each checkpoint read whole and indexed, or row
         by row where they are few."""
-        meta, rows = self.store.meta, np.asarray(rows, dtype=np.int64)
-        target = torch.from_numpy(labels[rows]).to(self.device)
-        errors = torch.empty((self.n_checkpoints, len(rows), meta.n_classes), device=self.device)
-        features = torch.empty((self.n_checkpoints, len(rows), meta.dim + 1), device=self.device)
-        features[..., -1] = 1.0
-        few = len(rows) * 64 < (meta.n_train if split == "train" else meta.n_val)
+        rows = np.asarray(rows, dtype=np.int64)
+        few = len(rows) * 64 < (self.store.meta.n_train if split == "train" else self.store.meta.n_val)
 
         def read(name: str, t: int) -> torch.Tensor:
             if few:
                 return torch.from_numpy(np.concatenate([self.store.read(name, t, r, r + 1) for r in rows])).to(self.device)
             return torch.from_numpy(self.store.read(name, t)[rows]).to(self.device)
 
+        return self._fill(split, labels[rows], read)
+
+    def _fill(self, split: str, labels: np.ndarray, read: Callable[[str, int], torch.Tensor]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors of the rows ``read(array name, checkpoint)`` returns, labelled ``labels``: filled checkpoint
+        by checkpoint into preallocated tensors, no per-checkpoint copies to stack."""
+        meta = self.store.meta
+        target = torch.from_numpy(labels).to(self.device)
+        errors = torch.empty((self.n_checkpoints, len(labels), meta.n_classes), device=self.device)
+        features = torch.empty((self.n_checkpoints, len(labels), meta.dim + 1), device=self.device)
+        features[..., -1] = 1.0
         for t, checkpoint in enumerate(self.checkpoints):
-            self._errors(read(f"{split}_logits", checkpoint), target, errors[t])
+            logits = read(f"{split}_logits", checkpoint)
+            # an explicit softmax: torch's is ~4x slower over a last dimension as short as k on the CPU
+            torch.sub(logits, logits.amax(-1, keepdim=True), out=errors[t]).exp_()
+            errors[t].div_(errors[t].sum(-1, keepdim=True))
+            errors[t, torch.arange(len(labels), device=self.device), target] -= 1.0
             features[t, :, :-1] = read(f"{split}_features", checkpoint)
         return errors, features
 
@@ -151,9 +150,17 @@ class TracInEngine:
 
     def block(self, train_factors: tuple[torch.Tensor, torch.Tensor], start: int, stop: int) -> torch.Tensor:
         """Per-checkpoint influence (T, b, c) of the given train rows on validation rows [start, stop)."""
-        errors, features = train_factors
-        out = torch.bmm(features, self.val_features[:, start:stop].transpose(1, 2))
-        return out.mul_(torch.bmm(errors, self.val_errors[:, start:stop].transpose(1, 2)))
+        return pairwise(train_factors, (self.val_errors[:, start:stop], self.val_features[:, start:stop]))
+
+    def _val_blocks(self) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """(start, stop, errors, features) of the validation rows: the held factors as one block, else
+        ``VAL_BLOCK`` rows at a time from the store (a ``sampled`` engine never holds them all)."""
+        if self._val is not None:
+            yield 0, self.n_val, *self._val
+            return
+        for start in range(0, self.n_val, VAL_BLOCK):
+            stop = min(start + VAL_BLOCK, self.n_val)
+            yield start, stop, *self._factors("val", self.store.y_val, start, stop)
 
     def blocks(self, row_block: int = 1024, col_block: int = 1024
                ) -> Iterator[tuple[slice, slice, torch.Tensor]]:
@@ -175,11 +182,8 @@ class TracInEngine:
         errors, features = self._rows_factors("train", self.train_labels, np.asarray(rows))
         errors.mul_(self.weights[:, None, None])
         out = torch.empty((len(rows), self.n_val), device=self.device)
-        for start in range(0, self.n_val, VAL_BLOCK):
-            stop = min(start + VAL_BLOCK, self.n_val)
-            val_errors, val_features = self._factors("val", self.store.y_val, start, stop)
-            out[:, start:stop] = torch.bmm(features, val_features.transpose(1, 2)).mul_(
-                torch.bmm(errors, val_errors.transpose(1, 2))).sum(0)
+        for start, stop, val_errors, val_features in self._val_blocks():
+            out[:, start:stop] = pairwise((errors, features), (val_errors, val_features)).sum(0)
         return out
 
     def self_influence(self) -> torch.Tensor:
@@ -190,12 +194,8 @@ class TracInEngine:
         """A_tc = sum_{j in class c} e_j [h_j, 1]^T over validation rows, as (T, d + 1, C k); summed block by
         block from the store where the validation factors are not held."""
         onehot = torch.nn.functional.one_hot(torch.from_numpy(y_val).to(self.device), n_classes).float()
-        if self._val is not None:
-            return torch.einsum("jc,tjk,tjd->tdck", onehot, self.val_errors, self.val_features).flatten(2)
         total: torch.Tensor | None = None
-        for start in range(0, self.n_val, VAL_BLOCK):
-            stop = min(start + VAL_BLOCK, self.n_val)
-            errors, features = self._factors("val", self.store.y_val, start, stop)
+        for start, stop, errors, features in self._val_blocks():
             part = torch.einsum("jc,tjk,tjd->tdck", onehot[start:stop], errors, features).flatten(2)
             total = part if total is None else total.add_(part)
         assert total is not None

@@ -198,13 +198,18 @@ def epochs(epoch_metrics: pd.DataFrame, path: str, signals: Sequence[str], title
     line_panels(data, path, signals, title, caption, "epoch", "epoch (single checkpoint)")
 
 
+def _mixtures_split(frame: pd.DataFrame) -> pd.DataFrame:
+    """A mixture as its glitch types scored on their own rows ("Mixture: <type>" in ``Glitch``), not as a whole."""
+    glitch_names = GLITCHES.labels()
+    frame = frame[frame["target"].ne("all") | frame["glitch"].ne("mixture")].copy()
+    mixed = frame["target"] != "all"
+    frame.loc[mixed, "Glitch"] = "Mixture: " + frame.loc[mixed, "target"].map(lambda g: glitch_names.get(g, g))
+    return frame
+
+
 def per_type(metrics: pd.DataFrame, path: str, signals: Sequence[str], title: str = "", caption: str = "") -> None:
     """Figure 6: F1 of each detector or signal per glitch type, mixtures split by the type of their rows."""
-    data = _labelled(metrics, signals, keep_targets=True)
-    glitch_names = GLITCHES.labels()
-    mixed = data["target"] != "all"
-    data = data[mixed | ~data["glitch"].eq("mixture")].copy()
-    data.loc[mixed, "Glitch"] = "Mixture: " + data.loc[mixed, "target"].map(lambda g: glitch_names.get(g, g))
+    data = _mixtures_split(_labelled(metrics, signals, keep_targets=True))
     bar_panels(data, path, signals, title, caption, row="setting", col="Glitch")
 
 
@@ -212,14 +217,10 @@ def overview(summary: pd.DataFrame, path: str, signals: Sequence[str]) -> None:
     """A heatmap a reader scans: mean F1 (over models, ratios and seeds) of every signal (rows, grouped by
     family) on every data set and glitch type (columns; a mixture's types scored on their own rows)."""
     plt = _pyplot()
-    glitch_names, names = GLITCHES.labels(), signal_labels()
-    data = summary[summary["signal"].isin(signals)].copy()
-    mixed = data["target"] != "all"
-    data = data[mixed | ~data["glitch"].eq("mixture")]
-    data["column"] = data["glitch"].map(lambda g: glitch_names.get(g, g))
-    data.loc[mixed, "column"] = "Mixture: " + data.loc[mixed, "target"].map(lambda g: glitch_names.get(g, g))
+    names = signal_labels()
+    data = _mixtures_split(_labelled(summary, signals, keep_targets=True))
     order = sorted((s for s in signals if s in set(data["signal"])), key=lambda s: list(FAMILY_LABELS).index(family(s)))
-    table = data.pivot_table(index="signal", columns=["dataset", "column"], values="f1_mean", aggfunc="mean").reindex(order)
+    table = data.pivot_table(index="signal", columns=["dataset", "Glitch"], values="f1_mean", aggfunc="mean").reindex(order)
     values = table.to_numpy(dtype=float)
     figure, ax = plt.subplots(figsize=(1.0 + 0.5 * table.shape[1], 0.8 + 0.22 * len(order)))
     image = ax.imshow(values, cmap="cividis", vmin=0, vmax=1, aspect="auto")

@@ -265,8 +265,8 @@ def _starting(folder: Path, modified: float) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, as another user (a recycled pid)
+        pass
     return True
 
 
