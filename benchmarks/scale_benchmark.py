@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from influence_signals import report as readme_report
+
 import detection_benchmark  # its generated table and cleanlab's out-of-sample probabilities, shared (same folder)
 
 HERE = Path(__file__).resolve().parent
@@ -379,7 +381,7 @@ def scale_part(work: Path, sizes: list[int]) -> str:
     step_lines += [f"| {job} | {step} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
                    for (job, step), values in zip(table.index, table.to_numpy())]
     return "\n".join([
-        "## Scale: the debug command at 1 seed, 3 folds, 2 cores",
+        f"## {readme_report.SCALE_RUN}",
         "",
         "| rows | wall s | peak RSS MiB (process) | peak anonymous MiB | tree sum MiB | ru_maxrss children MiB | recall of the approximate searches |",
         "|---:|---:|---|---:|---:|---:|---|",
@@ -415,7 +417,7 @@ def cleanlab_part(work: Path) -> str:
         outputs.append((name, run["output"]))
     name, text = outputs[0]
     return "\n".join([
-        "## Against cleanlab: the debug command's defaults (3 seeds, 5 folds, 2 cores)",
+        f"## {readme_report.SPEED_RUN}",
         "",
         "cleanlab's time: 5-fold out-of-sample probabilities (HistGradientBoosting, or logistic regression on "
         "standardised features) plus `Datalab(...).find_issues(pred_probs=..., features=...)` with its default "
@@ -463,6 +465,9 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(header + sections)
     args.results.write_text(text)
     print(text)
+    if args.results == RESULTS_MD and args.part == "both":  # the README's sections come from this file
+        for section in ("scale", "speed"):
+            readme_report.update_benchmark(HERE.parent / "README.md", section)
 
 
 if __name__ == "__main__":

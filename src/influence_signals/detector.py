@@ -462,9 +462,9 @@ def verdict(labels: np.ndarray, pred_probs: np.ndarray, novelty: Novelty, score:
 
     Declared anomalies are set aside first: their probabilities say nothing about their labels, so the
     label evidence (``score``, default ``label_evidence`` of the probabilities and ``training_loss``) and
-    the count of mislabels (``mislabel_count``) come from the other rows. Suspicion puts declared anomalies first (by novelty), then every row by its label
-    evidence; the suggested label is the most probable other class (-1 for anomalies, which have no class
-    to repair to).
+    the count of mislabels (``mislabel_count``) come from the other rows. Suspicion puts declared anomalies
+    first (by novelty), then every row by its label evidence; the suggested label follows the estimated label
+    noise (``suggested_labels`` with ``noise_transitions``; -1 for anomalies, which have no class to repair to).
     """
     labels = np.asarray(labels)
     rows = np.arange(len(labels))

@@ -241,7 +241,12 @@ def render_benchmark(results_md: Path, run: str | None = BENCHMARK_RUN, section:
     return "\n".join([start, "", f"{origin} (written by the benchmark script):", "", body, "", end])
 
 
-BENCHMARK_SECTIONS = {"benchmark": (BENCHMARK, BENCHMARK_RUN), "detection": (DETECTION, None)}
+SCALE = Path("benchmarks/scale_results.md")
+SCALE_RUN = "Scale: the debug command at 1 seed, 3 folds, 2 cores"  # the sections benchmarks/scale_benchmark.py writes
+SPEED_RUN = "Against cleanlab: the debug command's defaults (3 seeds, 5 folds, 2 cores)"
+
+BENCHMARK_SECTIONS = {"benchmark": (BENCHMARK, BENCHMARK_RUN), "detection": (DETECTION, None), "scale": (SCALE, SCALE_RUN),
+                      "speed": (SCALE, SPEED_RUN)}
 
 
 def update_benchmark(readme: Path, section: str = "benchmark") -> None:
