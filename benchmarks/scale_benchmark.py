@@ -360,7 +360,7 @@ def scale_part(work: Path, sizes: list[int]) -> str:
                    f"kNN-distance signal {quality['knn_signal_recall']:.4f}" if "knn_signal_recall" in quality else ""]
         rows.append(f"| {n:,} | {run['seconds']:.0f} | {mib(run['peak_rss'])} ({run['peak_role']}) | {mib(run['peak_anon'])} "
                     f"| {mib(run['tree_peak'])} | {mib(run['ru_maxrss_children'])} | {'; '.join(r for r in recalls if r) or 'exact'} |")
-        details.append(f"- {n:,} rows: processes forked from the warm server in start order (the crossfit job first, the debug_report job last), peak RSS MiB (anonymous part): {job_peaks}; "
+        details.append(f"- {n:,} rows: processes forked from the warm server in start order (the crossfit jobs first, the debug_report job last), peak RSS MiB (anonymous part): {job_peaks}; "
                        f"Snakemake's benchmark files, max_rss MB: {smk_text}")
         if "novelty_spearman" in quality:
             exact_count, approx_count = quality["declared"]

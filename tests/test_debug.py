@@ -64,13 +64,13 @@ def test_every_row_is_scored_once_per_seed_and_fold_with_its_id_and_no_id_featur
     from influence_signals.factors import FactorStore
 
     for seed in range(SEEDS):
-        run = out / paths.crossfit("mine", "mlp", seed)
-        ids = pd.concat([pd.read_csv(run / f"f{k}" / "scores.csv", dtype={"id": str})["id"] for k in range(FOLDS)])
+        runs = [out / paths.crossfit("mine", "mlp", seed, k) for k in range(FOLDS)]
+        ids = pd.concat([pd.read_csv(run / "scores.csv", dtype={"id": str})["id"] for run in runs])
         assert (ids.value_counts() == FOLDS - 1).all() and set(ids) == set(truth.index)  # in training in K - 1 folds
-        held_out = np.concatenate([load_npz(run / f"f{k}" / "split.npz")["val_ids"] for k in range(FOLDS)])
+        held_out = np.concatenate([load_npz(run / "split.npz")["val_ids"] for run in runs])
         assert sorted(held_out) == sorted(truth.index)  # held out exactly once per seed
     assert not list((out / "results").rglob("*.pt"))  # no checkpoints left: the factors hold what is read
-    store = FactorStore(out / paths.crossfit("mine", "mlp", 0) / "f0" / "factors")
+    store = FactorStore(out / paths.crossfit("mine", "mlp", 0, 0) / "factors")
     assert store.meta.dim == 192  # the network's features: the id column was no input (N_FEATURES columns are)
 
 
@@ -78,7 +78,7 @@ def test_pred_probs_csv_holds_the_held_out_probabilities_of_every_row(table_run)
     out, truth = table_run
     probs = pd.read_csv(out / "pred_probs.csv", dtype={"id": str})
     assert list(probs.columns) == ["id", "observed_label", *CLASSES] and sorted(probs["id"]) == sorted(truth.index)
-    np.testing.assert_allclose(probs[list(CLASSES)].sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs[list(CLASSES)].sum(axis=1), 1.0, rtol=1e-6)
     accuracy = (probs[list(CLASSES)].to_numpy().argmax(1) == np.searchsorted(CLASSES, truth.loc[probs["id"], "true"])).mean()
     assert accuracy >= 0.8  # held-out: models that never saw the row, trained on noisy labels
 
@@ -94,12 +94,12 @@ def test_the_checkpoint_is_the_one_with_the_lowest_held_out_loss_computed_by_bru
     out, _ = table_run
     config = cfg.validate(yaml.safe_load((out / "config.yaml").read_text()))
     data = datasets.load("mine", config["datasets"]["mine"])
-    runs = [out / paths.crossfit("mine", "mlp", seed) for seed in range(SEEDS)]
+    runs = [out / paths.crossfit("mine", "mlp", seed, fold) for seed in range(SEEDS) for fold in range(FOLDS)]
     evidence = crossfit.collect(runs, FOLDS, data)
     losses, count = 0.0, 0
     for seed in range(SEEDS):
         for fold in range(FOLDS):
-            store = FactorStore(runs[seed] / f"f{fold}" / "factors")
+            store = FactorStore(runs[seed * FOLDS + fold] / "factors")
             logits = store.all("val_logits")  # (T, m, C)
             losses = losses + (-log_softmax(logits.astype(np.float64), -1)[:, np.arange(len(store.y_val)), store.y_val]).sum(1)
             count += len(store.y_val)
@@ -261,11 +261,11 @@ def test_through_snakemake_only_this_datas_jobs_run(tmp_path, capfd):
     assert main([*args, "--dry-run"]) == 0
     planned = dict(re.findall(r"^(\w+)\s+(\d+)$", capfd.readouterr().out, flags=re.MULTILINE))
     planned.pop("total")
-    assert {rule: int(n) for rule, n in planned.items()} == {"crossfit": 1, "debug_report": 1, "all": 1}
+    assert {rule: int(n) for rule, n in planned.items()} == {"crossfit": 2, "debug_report": 1, "all": 1}  # a job per fold
     assert not (tmp_path / "report" / "suspects.csv").exists()
     assert main(args) == 0
     printed = capfd.readouterr().out
-    assert "3 of 3 jobs done" in printed and "rule crossfit" not in printed  # progress, not Snakemake's job blocks
+    assert "4 of 4 jobs done" in printed and "rule crossfit" not in printed  # progress, not Snakemake's job blocks
     assert "rule crossfit" in (tmp_path / "report" / "snakemake.log").read_text()
     suspects = suspects_of(tmp_path / "report")
     assert len(suspects) == 120 and (suspects["n_scores"] == 1).all()

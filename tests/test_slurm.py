@@ -191,6 +191,20 @@ def stop_daemons(folder: Path) -> None:
         stop(pid_of(folder / pid_file))
 
 
+def remove_killed_cluster() -> None:
+    """The link and folder of this test's cluster left by a run that was killed (its slurmctld is gone): left in
+    place, every SLURM client here (and the SLURM executor plugin's import-time `scontrol show config`, so every
+    Snakemake start) waits 9 s for a controller that is not there, and this test would skip."""
+    if not RUN_CONF.is_symlink():
+        return
+    folder = Path(os.readlink(RUN_CONF))
+    controller = pid_of(folder / "slurmctld.pid")
+    if folder.name.startswith("influence-signals-slurm-") and (controller is None or not alive(controller)):
+        stop_daemons(folder)
+        RUN_CONF.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     if os.geteuid() != 0:
@@ -200,6 +214,7 @@ def cluster():
         skip("/etc/slurm/slurm.conf exists: a job's srun would read it instead of this test's cluster")
     if RUN_CONF.is_symlink() and not RUN_CONF.exists():
         RUN_CONF.unlink()  # left by a test run that was killed
+    remove_killed_cluster()
     if RUN_CONF.exists() or RUN_CONF.is_symlink():
         skip(f"{RUN_CONF} exists: a configless slurmd runs here")
     folder = Path(tempfile.mkdtemp(prefix="influence-signals-slurm-"))  # 0700: it holds the munge key

@@ -37,7 +37,7 @@ def test_a_built_wheel_runs_the_debug_command_from_a_fresh_venv(tmp_path):
     table.write_text("key,x,z,label\n" + "\n".join(rows) + "\n")
     result = run(venv / "bin" / "influence-signals", "debug", table, "--label", "label", "--id", "key", "--seeds", "1",
                  "--folds", "2", "--epochs", "2", "--cores", "2", "--out", tmp_path / "out", cwd=tmp_path)
-    assert "3 of 3 jobs done" in result.stdout and "suspected mislabels" in result.stdout  # crossfit, report, all
+    assert "4 of 4 jobs done" in result.stdout and "suspected mislabels" in result.stdout  # 2 folds, report, all
     suspects = (tmp_path / "out" / "suspects.csv").read_text().splitlines()
     assert len(suspects) == 61 and (tmp_path / "out" / "report.html").exists()
     log = (tmp_path / "out" / "snakemake.log").read_text()

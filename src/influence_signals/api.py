@@ -1,7 +1,7 @@
 """The Python API: ``find_issues`` for a table, a DataFrame or an image folder; ``TracIn`` for your own model.
 
 ``find_issues`` checks the data and every setting before any work, writes a config with a ``debug:``
-section into its output folder and runs the package's own Snakefile there (one ``crossfit`` job per seed,
+section into its output folder and runs the package's own Snakefile there (one ``crossfit`` job per seed and fold,
 then ``debug_report``; ``crossfit``, ``detector``): the same workflow the ``influence-signals debug`` command
 (a thin layer over this function) and the study run. ``detector.detect`` takes arrays instead.
 """
@@ -50,6 +50,7 @@ FINE_TUNE = {"resnet20": {"epochs": 7, "lr": 0.1, "batch_size": 128, "trainable"
 MARKER = ".influence-signals-debug"
 """Marks a folder this package writes into: it writes only into an empty folder or one that holds this file."""
 STEP = re.compile(r"(\d+) of (\d+) steps")
+PROGRESS_LINES = 10  # at most this many progress lines, one as each tenth of the jobs is done
 
 
 class WorkflowFailed(RuntimeError):
@@ -184,8 +185,8 @@ def duration(seconds: float) -> str:
 def run_snakemake(out: Path, config_file: Path, cores: int, dry_run: bool = False, verbose: bool = False,
                   say: Callable[[str], None] = print, extra: Sequence[str] = ()) -> int:
     """Snakemake on the package's Snakefile in ``out``; its output goes to ``out/snakemake.log`` (and to the
-    terminal with ``verbose`` or ``dry_run``), and each finished job sends a progress line with the time left
-    to ``say``."""
+    terminal with ``verbose`` or ``dry_run``), and each tenth of the jobs done sends a progress line with the
+    time left to ``say``."""
     if not SNAKEFILE.exists():
         raise ConfigError(f"the workflow {SNAKEFILE} is missing from the installed package; reinstall it")
     command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(out), "--configfile",
@@ -201,6 +202,8 @@ def run_snakemake(out: Path, config_file: Path, cores: int, dry_run: bool = Fals
                 print(line, end="", flush=True)
             elif (step := STEP.search(line)) and int(step[1]):
                 done, total = int(step[1]), int(step[2])
+                if done < total and PROGRESS_LINES * done // total == PROGRESS_LINES * (done - 1) // total:
+                    continue  # no new tenth of the jobs done: a line per job would be 3 seeds x 5 folds of lines
                 elapsed = time.monotonic() - started
                 left = f", about {duration(elapsed / done * (total - done))} left" if done < total else ""
                 say(f"{done} of {total} jobs done ({duration(elapsed)}{left})")
@@ -268,7 +271,7 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
     config_file = folder / "config.yaml"
     write_text(config_file, yaml.safe_dump(config, sort_keys=False))
     progress(f"{name}: {len(loaded.y)} rows, {loaded.n_classes} classes; {model}, {folds} folds x {seeds} seeds in "
-             f"{seeds} jobs, then the report; config {config_file}")
+             f"{seeds * folds} jobs, then the report; config {config_file}")
     if len(loaded.y) > LARGE_ROWS and seeds * folds > 3:
         progress(f"note: {len(loaded.y):,} rows x {seeds} seeds x {folds} folds trains {seeds * folds} models on most of "
                  f"them; on a few cores that takes long (`seeds=1, folds=3` trains 3); each job's log under "

@@ -1,10 +1,11 @@
-"""Cross-fitted runs on a user's data: one job per seed trains a model per fold (``stages.crossfit``), and
-the report job reads them back as the evidence the detector judges the whole data set by.
+"""Cross-fitted runs on a user's data: one job per seed and fold trains a model on the other folds
+(``stages.crossfit``), and the report job reads them back as the evidence the detector judges the whole data
+set by.
 
 Every row is held out once per seed (its predicted probabilities come from a model that never saw it) and
-is in training in the other ``folds - 1`` runs. A seed's folder (``paths.CROSSFIT``) holds one folder per
-fold (``f<k>``): ``split.npz`` (the ids and labels of its training and held-out rows), ``factors/`` (the
-TracIn factors of every checkpoint), ``scores.csv`` (every signal per training row) and ``history.csv``.
+is in training in the other ``folds - 1`` runs. A run's folder (``paths.CROSSFIT``, ``.../s<seed>/f<k>``)
+holds ``split.npz`` (the ids and labels of its training and held-out rows), ``factors/`` (the TracIn factors
+of every checkpoint), ``scores.csv`` (every signal per training row) and ``history.csv``.
 No clean reference exists here: every fold holds the same glitches, so the detector is fed held-out
 probabilities and a contamination-robust novelty (``detector.robust_novelty``), never a "clean" split.
 """
@@ -48,8 +49,10 @@ class Progress:
 
 
 def fold_folders(runs: Sequence[str | Path], folds: int) -> list[tuple[int, int, Path]]:
-    """(seed, fold, folder) of every run, seed by seed; ``runs`` holds each seed's folder in seed order."""
-    return [(seed, fold, Path(run) / f"f{fold}") for seed, run in enumerate(runs) for fold in range(folds)]
+    """(seed, fold, folder) of every run; ``runs`` holds the runs' folders seed by seed, fold by fold."""
+    if not runs or len(runs) % folds:
+        raise ValueError(f"{len(runs)} runs are not a whole number of seeds of {folds} folds")
+    return [(index // folds, index % folds, Path(run)) for index, run in enumerate(runs)]
 
 
 def save_split(path: str | Path, train: datasets.DataSet, held_out: datasets.DataSet) -> None:
@@ -99,7 +102,7 @@ def collect(runs: Sequence[str | Path], folds: int, data: datasets.DataSet) -> E
     """
     from .factors import FactorStore
 
-    seeds = len(runs)
+    seeds = len(runs) // folds
     ids = data.ids.astype(str)
     index = pd.Series(np.arange(len(ids)), index=ids)
     stores = []  # (store, training rows, training labels, held-out rows) of each run
@@ -223,7 +226,7 @@ def named(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
 # Explanations: the held-out rows each top row harms most
 
 
-def harmed_rows(runs: Sequence[str | Path], per_row: pd.DataFrame, ids: Sequence[str], flagged: set[str],
+def harmed_rows(runs: Sequence[str | Path], folds: int, per_row: pd.DataFrame, ids: Sequence[str], flagged: set[str],
                 n_harmed: int = 3) -> dict[str, pd.DataFrame]:
     """For each id, the held-out rows with the most negative TracIn influence, averaged over the runs.
 
@@ -236,9 +239,10 @@ def harmed_rows(runs: Sequence[str | Path], per_row: pd.DataFrame, ids: Sequence
     from .influence import TracInEngine
 
     wanted = per_row[per_row["id"].isin(set(ids))]
+    folders = {(seed, fold): folder for seed, fold, folder in fold_folders(runs, folds)}
     parts = []
     for (seed, fold), rows in wanted.groupby(["seed", "fold"]):
-        folder = Path(runs[int(seed)]) / f"f{int(fold)}"
+        folder = folders[int(seed), int(fold)]
         engine = TracInEngine(FactorStore(folder / "factors"))
         split = load_npz(folder / "split.npz")
         influences = engine.rows_influence([int(row) for row in rows["row"]]).cpu().numpy()

@@ -1,8 +1,8 @@
 """``influence-signals debug``: the command line over ``api.find_issues``.
 
 It checks the data and every setting before any work (a one-line ``error:`` and exit status 2 otherwise),
-runs the package's workflow on the data in its output folder (one ``crossfit`` job per seed, then
-``debug_report``), prints a line per finished job with the time left (Snakemake's own output goes to
+runs the package's workflow on the data in its output folder (one ``crossfit`` job per seed and fold, then
+``debug_report``), prints a line as each tenth of the jobs is done, with the time left (Snakemake's own output goes to
 ``snakemake.log``; ``--verbose`` prints it) and ends with what it found.
 """
 from __future__ import annotations

@@ -232,8 +232,8 @@ def report_context(runs: Sequence[str | Path], folds: int, model: str, data: dat
     class_counts = np.bincount(data.y, minlength=len(names))
     return {
         "name": data.name, "path": spec["path"], "modality": data.modality, "model": model,
-        "folds": folds, "seeds": len(runs), "runs": len(runs) * folds, "epochs": settings.get("epochs"),
-        "n_scores": len(runs) * (folds - 1),
+        "folds": folds, "seeds": len(runs) // folds, "runs": len(runs), "epochs": settings.get("epochs"),
+        "n_scores": len(runs) // folds * (folds - 1),
         "n_rows": len(suspects), "n_classes": len(names),
         "classes": [{"name": n, "count": int(c)} for n, c in zip(names, class_counts)],
         "n_features": int(np.prod(data.x.shape[1:])), "shape": "x".join(str(s) for s in data.x.shape[1:]),

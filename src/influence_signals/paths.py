@@ -14,15 +14,12 @@ SPLIT = "results/data/{dataset}/split{split}"
 GLITCHED = "results/data/{dataset}/{glitch}/r{ratio}/s{seed}"
 """A glitched training split and its error table."""
 
-CROSSFIT = "results/crossfit/{dataset}/{model}/s{seed}"
-"""One seed's cross-fitted runs on a user's data: a folder ``f<k>`` per fold (see ``crossfit``)."""
-
-FOLD = "f{fold}"
-"""A fold's run inside a ``CROSSFIT`` folder."""
+CROSSFIT = "results/crossfit/{dataset}/{model}/s{seed}/f{fold}"
+"""One fold's cross-fitted run on a user's data, of one seed's partition (see ``crossfit``)."""
 
 DEBUG_OUTPUTS = {"suspects": "suspects.csv", "pred_probs": "pred_probs.csv", "report": "report.html"}
 """What the debug command leaves in its output folder (the workflow's working directory)."""
 
 
-def crossfit(dataset: str, model: str, seed: int) -> str:
-    return CROSSFIT.format(dataset=dataset, model=model, seed=seed)
+def crossfit(dataset: str, model: str, seed: int, fold: int) -> str:
+    return CROSSFIT.format(dataset=dataset, model=model, seed=seed, fold=fold)

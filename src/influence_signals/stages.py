@@ -191,15 +191,15 @@ def signals(factors: str, train_set: str, val_set: str, errors: str, seed: int, 
 
 
 def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, settings: Mapping[str, Any], folds: int,
-             seed: int, clip: float | None, row_block: int, k_neighbours: int, names: Sequence[str], weighting: str,
-             runs: str) -> None:
-    """One seed of the debug command: a model per fold of a stratified ``folds``-fold partition (drawn with
-    ``seed``) of the user's data, trained on the other folds, its TracIn factors, history and every selected
-    signal per training row, in ``runs/f<k>`` (``crossfit``). One job and one start-up per seed, not four
-    per fold; checkpoints are kept only while a fold trains (its factors hold what the signals need). Each
-    costly input is computed as its own logged step (``crossfit.Progress``), so the log shows where a long
-    job is."""
-    import gc
+             seed: int, fold: int, clip: float | None, row_block: int, k_neighbours: int, names: Sequence[str],
+             weighting: str, run: str) -> None:
+    """One fold of the debug command: a model trained on the other folds of a stratified ``folds``-fold
+    partition (drawn with ``seed``) of the user's data, its TracIn factors, history and every selected signal
+    per training row, in ``run`` (``crossfit``). One job per fold, not per seed: on 2 cores, 3 seeds' jobs left
+    a core idle for a third of the run (10,000 rows: 69 s, 15 fold jobs: see ``benchmarks/scale_results.md``);
+    the jobs fork from the warm server, so each starts in milliseconds. Checkpoints are kept only while the fold
+    trains (its factors hold what the signals need). Each costly input is computed as its own logged step
+    (``crossfit.Progress``), so the log shows where a long job is."""
     import tempfile
 
     from . import crossfit as folds_of
@@ -211,52 +211,47 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
         loaded = datasets.load_split(dataset, spec, data_dir, False)
     device = settings.get("device", "cpu")
     needs = {need for name in names for need in signal_registry.SIGNALS[name].needs}
-    with atomic_path(runs, directory=True) as tmp:
-        for fold in range(folds):
-            train_set, held_out, _ = datasets.prepare(loaded, 1.0, 0.2, seed, fold, folds, clip)
-            folder = tmp / f"f{fold}"
-            folder.mkdir()
-            step = f"fold {fold + 1} of {folds}"
-            log.info("%s: %d rows in training, %d held out", step, len(train_set.y), len(held_out.y))
-            folds_of.save_split(folder / "split.npz", train_set, held_out)
-            net = _build(model, train_set, settings, seed)
-            _load_pretrained(net, model, settings.get("pretrained"), None, False)
-            with progress.step(f"{step}: training and its factors"), tempfile.TemporaryDirectory(dir=tmp) as checkpoints:
-                history = training.train(net, train_set, held_out, _train_settings(settings, seed),
-                                         f"{checkpoints}/checkpoints", folder / "factors")
-            write_csv(folder / "history.csv", history)
-            store = FactorStore(folder / "factors")
-            inputs = signal_registry.SignalInputs(influence.open_influence(str(folder / "factors"), device, weighting, None), store,
-                                          row_block, k_neighbours=k_neighbours, seed=seed, data=(train_set.x, held_out.x))
-            if needs & {"class_sums", "class_masses", "self_influence"}:
-                with progress.step(f"{step}: self-influence and class sums (closed form)"):
-                    _ = inputs.class_sums, inputs.self_influence
-            if needs & {"class_masses", "relabelled"}:
-                with progress.step(f"{step}: positive and negative influence per class (the pairwise pass)"):
-                    _ = inputs.class_masses
-            if "relabelled" in needs:
-                with progress.step(f"{step}: relabelled passes (CNCI, PCID)"):
-                    _ = inputs.cnci, inputs.pcid
-            with progress.step(f"{step}: every other signal ({', '.join(names)})"):
-                table, _, _ = signal_registry.compute(inputs, names)
-            table.insert(1, "id", train_set.ids)
-            table.insert(2, "observed_label", store.y_train)
-            write_csv(folder / "scores.csv", table)
-            del inputs, table  # a fold's arrays (hundreds of MB at 200,000 rows) are not kept while the next trains:
-            gc.collect()  # its inputs and their views refer to each other, so only the cycle collector frees them
+    train_set, held_out, _ = datasets.prepare(loaded, 1.0, 0.2, seed, fold, folds, clip)
+    step = f"fold {fold + 1} of {folds}"
+    log.info("%s: %d rows in training, %d held out", step, len(train_set.y), len(held_out.y))
+    with atomic_path(run, directory=True) as folder:
+        folds_of.save_split(folder / "split.npz", train_set, held_out)
+        net = _build(model, train_set, settings, seed)
+        _load_pretrained(net, model, settings.get("pretrained"), None, False)
+        with progress.step(f"{step}: training and its factors"), tempfile.TemporaryDirectory(dir=folder) as checkpoints:
+            history = training.train(net, train_set, held_out, _train_settings(settings, seed),
+                                     f"{checkpoints}/checkpoints", folder / "factors")
+        write_csv(folder / "history.csv", history)
+        store = FactorStore(folder / "factors")
+        inputs = signal_registry.SignalInputs(influence.open_influence(str(folder / "factors"), device, weighting, None), store,
+                                              row_block, k_neighbours=k_neighbours, seed=seed, data=(train_set.x, held_out.x))
+        if needs & {"class_sums", "class_masses", "self_influence"}:
+            with progress.step(f"{step}: self-influence and class sums (closed form)"):
+                _ = inputs.class_sums, inputs.self_influence
+        if needs & {"class_masses", "relabelled"}:
+            with progress.step(f"{step}: positive and negative influence per class (the pairwise pass)"):
+                _ = inputs.class_masses
+        if "relabelled" in needs:
+            with progress.step(f"{step}: relabelled passes (CNCI, PCID)"):
+                _ = inputs.cnci, inputs.pcid
+        with progress.step(f"{step}: every other signal ({', '.join(names)})"):
+            table, _, _ = signal_registry.compute(inputs, names)
+        table.insert(1, "id", train_set.ids)
+        table.insert(2, "observed_label", store.y_train)
+        write_csv(folder / "scores.csv", table)
 
 
 def debug_report(runs: Sequence[str], dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, folds: int,
                  settings: Mapping[str, Any], top: float, suspects: str, pred_probs: str, report: str) -> None:
-    """The detector's verdict on every row of the user's data from the seeds' cross-fitted runs (``runs``, in
-    seed order): ``suspects.csv``, ``pred_probs.csv`` and ``report.html``; each step logged with its seconds."""
+    """The detector's verdict on every row of the user's data from the cross-fitted runs (``runs``, seed by seed
+    and fold by fold): ``suspects.csv``, ``pred_probs.csv`` and ``report.html``; each step logged with its seconds."""
     from . import crossfit as folds_of
     from . import html_report
 
     progress = folds_of.Progress()
     with progress.step(f"reading {dataset}"):
         data = datasets.load(dataset, spec, data_dir)
-    with progress.step(f"reading {len(runs)} x {folds} runs"):
+    with progress.step(f"reading {len(runs)} runs"):
         evidence = folds_of.collect(runs, folds, data)
     log.info("checkpoint %d of %d has the lowest held-out loss (%.4f)", evidence.epoch + 1, len(evidence.held_out_loss),
              evidence.held_out_loss[evidence.epoch])
@@ -266,7 +261,7 @@ def debug_report(runs: Sequence[str], dataset: str, spec: Mapping[str, Any], dat
         write_csv(pred_probs, folds_of.spreadsheet_safe(folds_of.held_out_table(evidence, data)))
     flagged = set(table.loc[table["glitch_type"] != "none", "id"])
     with progress.step("the rows the top 10 harm most (TracIn)"):
-        harms = folds_of.harmed_rows(runs, evidence.per_row, list(table["id"].head(10)), flagged)
+        harms = folds_of.harmed_rows(runs, folds, evidence.per_row, list(table["id"].head(10)), flagged)
     with progress.step("report.html"):
         context = html_report.report_context(runs, folds, model, data, spec, table, harms, top, settings,
                                               evidence.pred_probs)

@@ -115,6 +115,7 @@ def table_jobs(wildcards):
 
 
 def debug_runs(wildcards):
-    """Every seed's cross-fitted runs of the debug command, in seed order."""
+    """Every cross-fitted run of the debug command, seed by seed and fold by fold (``crossfit.fold_folders``)."""
     debug = config["debug"]
-    return [paths.crossfit(debug["dataset"], debug["model"], seed) for seed in range(debug["seeds"])]
+    return [paths.crossfit(debug["dataset"], debug["model"], seed, fold)
+            for seed in range(debug["seeds"]) for fold in range(debug["folds"])]

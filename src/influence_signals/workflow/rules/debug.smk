@@ -1,9 +1,9 @@
-# The debug command on a user's data (config `debug:`): one cross-fitting job per seed, one report job.
+# The debug command on a user's data (config `debug:`): one cross-fitting job per (seed, fold), one report job.
 
 
 rule crossfit:
     output:
-        runs=directory(paths.CROSSFIT),
+        run=directory(paths.CROSSFIT),
     params:
         dataset=lambda w: w.dataset,
         spec=lambda w: config["datasets"][w.dataset] or {},
@@ -12,6 +12,7 @@ rule crossfit:
         settings=lambda w: cfg.train_settings(config, w.dataset, w.model),
         folds=lambda w: config["debug"]["folds"],
         seed=lambda w: int(w.seed),
+        fold=lambda w: int(w.fold),
         clip=config["prepare"]["clip"],
         row_block=config["signals"]["row_block"],
         k_neighbours=config["signals"]["k_neighbours"],
@@ -20,9 +21,9 @@ rule crossfit:
         data=data_digest,
         code=stage_fingerprint("crossfit"),
     log:
-        "results/logs/crossfit/{dataset}/{model}/s{seed}.log",
+        "results/logs/crossfit/{dataset}/{model}/s{seed}/f{fold}.log",
     benchmark:
-        "results/benchmarks/crossfit/{dataset}/{model}/s{seed}.tsv"
+        "results/benchmarks/crossfit/{dataset}/{model}/s{seed}/f{fold}.tsv"
     threads: threads_for("train")
     conda:
         "../envs/pipeline.yaml"
