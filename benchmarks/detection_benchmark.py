@@ -126,7 +126,6 @@ def run_detector(csv: Path, out: Path) -> tuple[pd.DataFrame, float]:
         raise RuntimeError(f"debug failed on {csv} (exit {code})")
     suspects = pd.read_csv(out / "suspects.csv", dtype={"id": str, "observed_label": str, "suggested_label": str},
                            keep_default_na=False)
-    shutil.rmtree(out / "results")  # the runs' checkpoints and factors: hundreds of MB per case, read by nobody here
     return suspects, seconds
 
 

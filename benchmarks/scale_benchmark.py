@@ -8,7 +8,8 @@ it writes GBs of factors under ``--work`` and removes them after each size):
 
 Part ``scale``: generated tables (``make_classification``: 20 features, 4 classes, 10 % of the labels flipped,
 2 % of the rows shifted 5 sd in half their features) of 10,000, 50,000 and 200,000 rows, each run as
-``influence-signals debug data.csv --label label --seeds 1 --folds 3 --cores 2`` in a subprocess. Measured:
+``influence-signals debug data.csv --label label --seeds 1 --folds 3 --cores 2 --keep-runs`` in a subprocess (the
+runs' factors are kept for the comparisons below, then removed). Measured:
 wall time; peak RSS of the command's process tree, sampled with psutil every 0.2 s (the largest single
 process, its anonymous part, and the tree's sum), beside ``ru_maxrss`` of the waited-for children and the
 per-job ``max_rss`` of Snakemake's benchmark files (with the warm server on, those measure each job's
@@ -348,7 +349,7 @@ def scale_part(work: Path, sizes: list[int]) -> str:
         generated(n).to_csv(csv, index=False)
         out = work / f"scale_{n}"
         print(f"[scale] {n} rows ...", flush=True)
-        run = run_debug(csv, out, ["--seeds", "1", "--folds", "3"])
+        run = run_debug(csv, out, ["--seeds", "1", "--folds", "3", "--keep-runs"])  # the factors are compared below
         print(f"[scale] {n} rows: {run['seconds']:.0f} s, peak RSS {mib(run['peak_rss'])} MiB", flush=True)
         quality = approximation_quality(out)
         shutil.rmtree(out / "results" / "crossfit", ignore_errors=True)  # factors: GBs at 200,000 rows
@@ -410,7 +411,6 @@ def cleanlab_part(work: Path) -> str:
         frame.to_csv(csv, index=False)
         print(f"[cleanlab] {name} ({len(frame)} rows) ...", flush=True)
         run = run_debug(csv, work / f"default_{name}", [])
-        shutil.rmtree(work / f"default_{name}" / "results" / "crossfit", ignore_errors=True)
         times = cleanlab_times(frame)
         rows.append(f"| {name} | {len(frame):,} | {run['seconds']:.0f} | {times['hgb']:.1f} | {times['lr']:.1f} "
                     f"| {run['seconds'] / times['hgb']:.1f} | {run['seconds'] / times['lr']:.1f} | {run['lines']} |")

@@ -45,7 +45,7 @@ def table_run(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     folder = tmp_path_factory.mktemp("debug_table")
     truth = write_table(folder / "mine.csv")
     code = main(["debug", str(folder / "mine.csv"), "--label", "target", "--id", "key", "--seeds", str(SEEDS),
-                 "--folds", str(FOLDS), "--cores", "2", "--out", str(folder / "report")])
+                 "--folds", str(FOLDS), "--cores", "2", "--out", str(folder / "report"), "--keep-runs"])
     assert code == 0
     return folder / "report", truth
 
@@ -269,9 +269,9 @@ def test_through_snakemake_only_this_datas_jobs_run(tmp_path, capfd):
     assert "rule crossfit" in (tmp_path / "report" / "snakemake.log").read_text()
     suspects = suspects_of(tmp_path / "report")
     assert len(suspects) == 120 and (suspects["n_scores"] == 1).all()
-    assert (tmp_path / "report/results/crossfit/small/mlp/s0/f1/scores.csv").exists()
+    assert not [p for p in (tmp_path / "report/results/crossfit").rglob("*") if p.is_file()]  # removed after the report
     assert not (tmp_path / "report/results/summary.csv").exists()
-    assert main(args) == 0 and "0 of" not in capfd.readouterr().out  # nothing to redo: the same outputs
+    assert main(args) == 0 and "0 of" not in capfd.readouterr().out  # nothing to redo: the same outputs, runs gone
     assert parse_report(tmp_path / "report" / "report.html").by_id["n-rows"].strip() == "120"
 
 

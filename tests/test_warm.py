@@ -171,6 +171,32 @@ def test_the_server_exits_when_the_process_that_started_it_goes(tmp_path):
         time.sleep(0.2)
 
 
+LAUNCHER = """
+import os, subprocess, sys, time
+from influence_signals import warm
+launched = warm.start(wait=0)  # as the debug command does, before Snakemake: still importing here
+onstart = "from influence_signals import warm; print(warm.ready().encode(), flush=True)"  # the Snakefile's
+child = subprocess.run([sys.executable, "-c", onstart], capture_output=True, text=True, check=True)
+print(child.stdout.strip() == launched.encode(), os.path.exists(launched.address))
+started = time.monotonic()
+warm.stop()
+print(round(time.monotonic() - started, 3), os.path.exists(os.path.dirname(launched.address)))
+alone = subprocess.run([sys.executable, "-c", onstart.replace(".encode()", ".pid") + "; warm.stop()"],
+                       capture_output=True, text=True, check=True)
+print(int(alone.stdout) != launched.pid)
+"""
+
+
+def test_snakemakes_process_uses_the_server_its_launcher_started_and_stop_is_prompt():
+    # in a process of its own: ``start`` there would stop this module's server (one per process)
+    lines = subprocess.run([sys.executable, "-c", LAUNCHER], capture_output=True, text=True, check=True,
+                           env={k: v for k, v in os.environ.items() if k != warm.ENV}).stdout.splitlines()
+    assert lines[0] == "True True"  # the same server, not a second one, and ready() returned once it listened
+    seconds, left = lines[1].split()
+    assert float(seconds) < 1.0 and left == "False"  # the signal wakes its loop; no teardown of torch & co.
+    assert lines[2] == "True"  # none named (after stop): it starts its own
+
+
 def raw_request(server: warm.Server, token: str, job: dict) -> bytes:
     """Send a request the way a client does, with ``token``; the server's one-byte-plus answer ("" if none)."""
     import json

@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
                                                           "OUT/snakemake.log; only progress is printed)")
     p.add_argument("--dry-run", action="store_true", help="write the config and show the jobs; run nothing")
     p.add_argument("--profile", help="a Snakemake profile whose executor runs the jobs (e.g. profiles/slurm)")
+    p.add_argument("--keep-runs", action="store_true", help="keep the runs' folders under OUT/results/crossfit (their "
+                                                             "TracIn factors: GBs); by default removed after the report")
     return top
 
 
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              folds=args.folds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              pretrained=args.pretrained, size=args.size, channels=args.channels, top=args.top,
                              name=args.name, device=args.device, cores=args.cores, out=args.out, dry_run=args.dry_run,
-                             verbose=args.verbose, progress=progress, profile=args.profile)
+                             verbose=args.verbose, progress=progress, profile=args.profile, keep_runs=args.keep_runs)
     except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
 """Warm starts: pipeline jobs run in a child forked from one process that has imported the heavy libraries.
 
 Why: most of a small job's time was start-up. On 2 cores torch, scikit-learn, scipy and pandas took about
-3 s of a 4.6 s signals job, and the default run has over a hundred jobs. ``start`` (Snakemake's ``onstart``)
-launches this file as a script: a server that imports third-party libraries only, never this package, and
-forks a child per job. The child takes over the job's working directory, environment, ``sys.path`` and
+3 s of a 4.6 s signals job, and the default run has over a hundred jobs. ``start`` (from Snakemake's
+``onstart`` through ``ready``, or from the debug command before it starts Snakemake) launches this file as a
+script: a server that imports third-party libraries only, never this package, and forks a child per job. The child takes over the job's working directory, environment, ``sys.path`` and
 standard streams, then imports the package from the job's own ``sys.path``, so it runs the code as it is on
 disk. The job's own process (the client) waits for the child, forwards signals to it and exits with its
 status. A job that finds no server falls back to running in its own process, exactly as before: a job on
@@ -215,6 +215,30 @@ def start(wait: float = 60.0) -> Server:
     return server
 
 
+def ready(wait: float = 60.0) -> Server:
+    """The server for this process's jobs: the one a launching process started and named in
+    ``$INFLUENCE_SIGNALS_WARM`` (the debug command starts it with ``start(wait=0)`` before Snakemake, so that its
+    imports run beside Snakemake's own start: 1 to 2 s of every debug run), once it listens (up to ``wait``
+    seconds); else a new one (``start``)."""
+    inherited = Server.decode(os.environ.get(ENV))
+    if inherited is None or not _alive(inherited.pid):
+        return start(wait)
+    deadline = time.monotonic() + wait
+    while not os.path.exists(inherited.address) and _alive(inherited.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return inherited
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, as another user (a recycled pid)
+        pass
+    return True
+
+
 def stop() -> None:
     """End the server (running children finish on their own) and stop pointing jobs at it."""
     global _server
@@ -261,13 +285,7 @@ def _starting(folder: Path, modified: float) -> bool:
         pid = int((folder / "pid").read_text())
     except (OSError, ValueError):
         return time.time() - modified < STARTING_GRACE_S
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, as another user (a recycled pid)
-        pass
-    return True
+    return _alive(pid)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,11 +311,17 @@ def serve(folder: str, parent: int, token: str) -> None:
     os.replace(pending, address)  # clients see the socket only once it answers
     stopping: list[int] = []  # a flag, not an exception: SIGTERM may land inside a library's at-fork hook
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    wake, woken = socket.socketpair()  # a signal writes to it, so select returns at once: ``stop`` waited up to 1 s
+    for end in (wake, woken):
+        end.setblocking(False)
+    signal.set_wakeup_fd(wake.fileno())
     try:
         while os.getppid() == parent and not stopping:
-            ready, _, _ = select.select([listener], [], [], 1.0)
+            ready, _, _ = select.select([listener, woken], [], [], 1.0)
             _reap()
-            if not ready:
+            if woken in ready:
+                woken.recv(4096)
+            if listener not in ready:
                 continue
             connection, _ = listener.accept()
             if peer(connection)[1] != os.getuid():  # another user's process: read nothing, run nothing
@@ -307,6 +331,9 @@ def serve(folder: str, parent: int, token: str) -> None:
                 status = 1
                 try:
                     listener.close()
+                    signal.set_wakeup_fd(-1)
+                    wake.close()
+                    woken.close()
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
                     status = _child(connection, token)
                 finally:
@@ -314,6 +341,9 @@ def serve(folder: str, parent: int, token: str) -> None:
             connection.close()
     finally:
         listener.close()
+        signal.set_wakeup_fd(-1)
+        wake.close()
+        woken.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -410,3 +440,4 @@ def _exit_when_closed(connection: socket.socket) -> None:
 if __name__ == "__main__":
     del sys.path[0]  # this file's folder: the package's modules must not import as top-level names
     serve(sys.argv[1], int(sys.argv[2]), os.environ.pop(TOKEN_ENV))
+    os._exit(0)  # its socket and folder are gone; tearing down torch & co. kept ``stop`` waiting 0.5 s more

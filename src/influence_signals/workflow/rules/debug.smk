@@ -3,7 +3,7 @@
 
 rule crossfit:
     output:
-        run=directory(paths.CROSSFIT),
+        run=directory(paths.CROSSFIT) if DEBUG and DEBUG["keep_runs"] else temp(directory(paths.CROSSFIT)),
     params:
         dataset=lambda w: w.dataset,
         spec=lambda w: config["datasets"][w.dataset] or {},
