@@ -322,8 +322,17 @@ def markdown(table: pd.DataFrame, seeds: int, seconds: float, variants: pd.DataF
 # What each design choice is worth: variants recomputed from a case's held-out probabilities
 
 
-def label_variants(labels: np.ndarray, probs: np.ndarray, loss: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(ranking score, flags) of the label evidence the detector could have used, on the rows it keeps."""
+FUSED_SIGNALS = {"si": "self-influence (SI, the study's)", "cnci": "CNCI (the follow-up's)", "aai": "AAI",
+                 "aum": "AUM (training dynamics)", "grad_norm": "gradient norm"}
+"""Influence and training-dynamics signals tried as a third rank in the label evidence (their mean over the runs
+where the row was in training, suspects.csv's columns)."""
+
+
+def label_variants(labels: np.ndarray, probs: np.ndarray, ours: np.ndarray, signals: dict[str, np.ndarray]
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(ranking score, flags) of the label evidence the detector could have used, on the rows it keeps;
+    ``ours``: the detector's own (suspects.csv's ``label_score``: held-out threshold margin and the training
+    loss at the checkpoint it chose, fused by rank); ``signals``: each of ``FUSED_SIGNALS``' scores."""
     from cleanlab.count import num_label_issues
     from cleanlab.filter import find_label_issues
 
@@ -333,10 +342,12 @@ def label_variants(labels: np.ndarray, probs: np.ndarray, loss: np.ndarray) -> d
     others = probs.copy()
     others[rows, labels] = -np.inf
     count = detector.mislabel_count(labels, probs)
-    ours = detector.label_evidence(labels, probs, loss)
     variants = {"1 - p(observed)": 1 - probs[rows, labels], "margin": others.max(1) - probs[rows, labels],
-                "threshold margin": detector.label_score(labels, probs), "threshold margin + training loss": ours}
+                "threshold margin": detector.label_score(labels, probs), "threshold margin + training loss (ours)": ours}
     out = {name: (score, detector.top_rows(score, count)) for name, score in variants.items()}
+    for name, values in signals.items():  # fused by rank as the training loss is: a third each
+        fused = (2 * detector.percentile(ours) + detector.percentile(values)) / 3
+        out[f"ours + {FUSED_SIGNALS[name]}, a third each"] = (fused, detector.top_rows(fused, count))
     out["ours, flagged by cleanlab's find_label_issues"] = (ours, find_label_issues(labels, probs))
     out["ours, flagged by the uncalibrated count"] = (ours, detector.top_rows(ours, int(num_label_issues(labels, probs))))
     return out
@@ -373,9 +384,10 @@ def ablation(out: Path) -> pd.DataFrame:
         probs = probs_table[classes].to_numpy()
         kept = kind != "anomaly"  # as the detector does with the rows it declares
         if (kind == "mislabel").any():
-            loss = suspects.loc[ids, "loss"].to_numpy()
+            ours = suspects.loc[ids, "label_score"].to_numpy(np.float64)
             target = (kind == "mislabel")[kept]
-            for name, (score, flags) in label_variants(labels[kept], probs[kept], loss[kept]).items():
+            signals = {name: suspects.loc[ids, name].to_numpy(np.float64)[kept] for name in FUSED_SIGNALS}
+            for name, (score, flags) in label_variants(labels[kept], probs[kept], ours[kept], signals).items():
                 rows.append({"part": "label", "variant": name, "top_k": top_k_precision(score, target),
                              "f1": flag_quality(flags, target)["f1"]})
         if (kind == "anomaly").any():
