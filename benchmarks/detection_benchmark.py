@@ -1,6 +1,6 @@
 """Detection benchmark: the debug command against cleanlab, Datalab, Isolation Forest, LOF and kNN, run by hand.
 
-    python benchmarks/detection_benchmark.py                      # 6 data sets x 4 scenarios x 3 seeds (hours)
+    python benchmarks/detection_benchmark.py                      # 6 data sets x 4 scenarios x 3 seeds (about an hour on 2 cores)
     python benchmarks/detection_benchmark.py --sets wine --seeds 1 --out /tmp/bench   # one set, one seed
 
 Each case writes a CSV as a user would have it: the features in their own units, a string id column and the
