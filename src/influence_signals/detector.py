@@ -174,23 +174,16 @@ def clean_reference_probabilities(train_features: np.ndarray, val_features: np.n
 def density_statistics(train: np.ndarray, val: np.ndarray, k: int = NEIGHBOURS
                        ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(statistic of training rows, its null from validation rows) for: log kNN distance to the validation
-    rows, and log of its ratio to the kNN distance to the other training rows. Exact while every search is
-    within ``EXACT_PAIRS``, else each search by ``nearest_distances`` (approximate where it is larger)."""
-    from sklearn.neighbors import NearestNeighbors
-
+    rows, and log of its ratio to the kNN distance to the other training rows. Every search is exact while all
+    of them are within ``EXACT_PAIRS``, else each is as ``nearest_distances`` does it for its size."""
     k = max(1, min(k, len(val) - 1, len(train) - 1))
-    eps = 1e-12
-    if len(train) * max(len(train), len(val)) > EXACT_PAIRS:
-        train_to_val = np.log(nearest_distances(train, val, k).mean(1) + eps)
-        val_to_val = np.log(nearest_distances(val, val, k, same=True).mean(1) + eps)
-        train_to_train = np.log(nearest_distances(train, train, k, same=True).mean(1) + eps)
-        val_to_train = np.log(nearest_distances(val, train, k).mean(1) + eps)
-        return [(train_to_val, val_to_val), (train_to_val - train_to_train, val_to_val - val_to_train)]
-    to_val, to_train = NearestNeighbors(n_neighbors=k + 1).fit(val), NearestNeighbors(n_neighbors=k + 1).fit(train)
-    train_to_val = np.log(to_val.kneighbors(train, n_neighbors=k)[0].mean(1) + eps)
-    val_to_val = np.log(to_val.kneighbors(val)[0][:, 1:].mean(1) + eps)  # itself excluded
-    train_to_train = np.log(to_train.kneighbors(train)[0][:, 1:].mean(1) + eps)
-    val_to_train = np.log(to_train.kneighbors(val, n_neighbors=k)[0].mean(1) + eps)
+    bound = None if len(train) * max(len(train), len(val)) <= EXACT_PAIRS else EXACT_PAIRS
+
+    def log_mean(queries: np.ndarray, references: np.ndarray, same: bool = False) -> np.ndarray:
+        return np.asarray(np.log(nearest_distances(queries, references, k, same, bound).mean(1) + 1e-12))
+
+    train_to_val, val_to_val = log_mean(train, val), log_mean(val, val, same=True)  # a row itself excluded
+    train_to_train, val_to_train = log_mean(train, train, same=True), log_mean(val, train)
     return [(train_to_val, val_to_val), (train_to_val - train_to_train, val_to_val - val_to_train)]
 
 

@@ -175,10 +175,8 @@ class TracInEngine:
     def rows_influence(self, rows: Sequence[int]) -> torch.Tensor:
         """TracIn of the training rows ``rows`` on every validation row, summed over checkpoints: (len(rows), m).
 
-        Row by row from the resident validation factors; on a ``sampled`` engine, all rows at once with the
-        validation factors streamed in blocks from the store (never all in memory)."""
-        if self._val is not None:
-            return torch.stack([self.block(self.train_factors(r, r + 1), 0, self.n_val).sum(0)[0] for r in rows])
+        All rows at once, against the resident validation factors or, on a ``sampled`` engine, against them
+        streamed in blocks from the store (never all in memory)."""
         errors, features = self._rows_factors("train", self.train_labels, np.asarray(rows))
         errors.mul_(self.weights[:, None, None])
         out = torch.empty((len(rows), self.n_val), device=self.device)

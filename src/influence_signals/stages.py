@@ -197,7 +197,8 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
     partition (drawn with ``seed``) of the user's data, its TracIn factors, history and every selected signal
     per training row, in ``run`` (``crossfit``). One job per fold, not per seed: on 2 cores, 3 seeds' jobs left
     a core idle for a third of the run (10,000 rows at the defaults: 69 s with a job per seed, 58 s with a job
-    per fold, one run after the other); the jobs fork from the warm server, so each starts in milliseconds.
+    per fold, one run after the other); the jobs fork from the warm server, so none imports torch & co. again
+    (each job's own client process still starts: about 0.35 s between two jobs).
     Checkpoints are kept only while the fold trains (its factors hold what the signals need). Each costly input
     is computed as its own logged step (``crossfit.Progress``), so the log shows where a long job is."""
     import tempfile

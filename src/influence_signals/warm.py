@@ -3,11 +3,12 @@
 Why: most of a small job's time was start-up. On 2 cores torch, scikit-learn, scipy and pandas took about
 3 s of a 4.6 s signals job, and the default run has over a hundred jobs. ``start`` (from Snakemake's
 ``onstart`` through ``ready``, or from the debug command before it starts Snakemake) launches this file as a
-script: a server that imports third-party libraries only, never this package, and forks a child per job. The child takes over the job's working directory, environment, ``sys.path`` and
-standard streams, then imports the package from the job's own ``sys.path``, so it runs the code as it is on
-disk. The job's own process (the client) waits for the child, forwards signals to it and exits with its
-status. A job that finds no server falls back to running in its own process, exactly as before: a job on
-another host (a SLURM node), one started before the server is ready, or one in another interpreter.
+script: a server that imports third-party libraries only, never this package, and forks a child per job. The
+child takes over the job's working directory, environment, ``sys.path`` and standard streams, then imports the
+package from the job's own ``sys.path``, so it runs the code as it is on disk. The job's own process (the
+client) waits for the child, forwards signals to it and exits with its status. A job that finds no server falls
+back to running in its own process, exactly as before: a job on another host (a SLURM node), one started before
+the server is ready, or one in another interpreter.
 
 Snakemake's ``benchmark:`` files keep the job's wall time, but their memory and CPU columns then cover only
 the client. Set ``warm_start: false`` to measure those.
@@ -218,7 +219,7 @@ def start(wait: float = 60.0) -> Server:
 def ready(wait: float = 60.0) -> Server:
     """The server for this process's jobs: the one a launching process started and named in
     ``$INFLUENCE_SIGNALS_WARM`` (the debug command starts it with ``start(wait=0)`` before Snakemake, so that its
-    imports run beside Snakemake's own start: 1 to 2 s of every debug run), once it listens (up to ``wait``
+    imports run beside Snakemake's own start: about a second of every debug run), once it listens (up to ``wait``
     seconds); else a new one (``start``)."""
     inherited = Server.decode(os.environ.get(ENV))
     if inherited is None or not _alive(inherited.pid):
