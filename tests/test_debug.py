@@ -108,6 +108,57 @@ def test_the_checkpoint_is_the_one_with_the_lowest_held_out_loss_computed_by_bru
     np.testing.assert_allclose(evidence.pred_probs.sum(1), 1.0)
 
 
+def test_pred_probs_are_the_mean_of_the_network_and_the_companions_refitted_on_the_first_seeds_folds(table_run):
+    """The network's held-out probabilities at the chosen checkpoint (mean over seeds), and scikit-learn's own
+    gradient boosting and k-nearest-neighbour classifier refitted on each of the first seed's folds."""
+    import yaml
+    from scipy.special import softmax
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from influence_signals import config as cfg
+    from influence_signals import crossfit, paths
+    from influence_signals.artifacts import load_npz
+    from influence_signals.companions import KNN_NEIGHBOURS
+    from influence_signals.factors import FactorStore
+
+    out, _ = table_run
+    config = cfg.validate(yaml.safe_load((out / "config.yaml").read_text()))
+    data = datasets.load("mine", config["datasets"]["mine"])
+    runs = [out / paths.crossfit("mine", "mlp", seed, fold) for seed in range(SEEDS) for fold in range(FOLDS)]
+    evidence = crossfit.collect(runs, FOLDS, data)
+    assert evidence.learners == ("network", "gradient_boosting", "knn")
+    position = pd.Series(np.arange(len(data.ids)), index=data.ids.astype(str))
+    network, trees, neighbours = (np.zeros_like(evidence.pred_probs) for _ in range(3))
+    loaded = datasets.load_split("mine", config["datasets"]["mine"])
+    for seed in range(SEEDS):
+        for fold in range(FOLDS):
+            run = runs[seed * FOLDS + fold]
+            rows = position[load_npz(run / "split.npz")["val_ids"].astype(str)].to_numpy()
+            network[rows] += softmax(FactorStore(run / "factors").read("val_logits", evidence.epoch), -1) / SEEDS
+            if seed:
+                assert load_npz(run / "companions.npz") == {}  # one partition only
+                continue
+            train, held_out, _ = datasets.prepare(loaded, 1.0, 0.2, seed, fold, FOLDS, config["prepare"]["clip"])
+            assert np.array_equal(position[held_out.ids.astype(str)].to_numpy(), rows)
+            trees[rows] = HistGradientBoostingClassifier(random_state=seed).fit(train.x, train.y).predict_proba(held_out.x)
+            votes = KNeighborsClassifier(KNN_NEIGHBOURS).fit(train.x, train.y).predict_proba(held_out.x) * KNN_NEIGHBOURS
+            neighbours[rows] = (votes + 0.5) / (KNN_NEIGHBOURS + 0.5 * len(CLASSES))
+    np.testing.assert_allclose(evidence.pred_probs, (network + trees + neighbours) / 3, rtol=1e-5, atol=1e-6)
+    probs = pd.read_csv(out / "pred_probs.csv", dtype={"id": str}).set_index("id").loc[data.ids.astype(str), list(CLASSES)]
+    np.testing.assert_allclose(probs.to_numpy(), evidence.pred_probs, rtol=1e-6, atol=1e-9)
+
+
+def test_companions_named_in_the_command_reach_the_config_and_none_named_leaves_the_network_alone(tmp_path):
+    import yaml
+
+    write_table(tmp_path / "mine.csv", n_rows=60, n_flipped=0)
+    for extra, expected in (([], ["gradient_boosting", "knn"]), (["--companions"], []), (["--companions", "knn"], ["knn"])):
+        out = tmp_path / f"report{len(extra)}"
+        assert main(["debug", str(tmp_path / "mine.csv"), "--label", "target", "--out", str(out), "--dry-run", *extra]) == 0
+        assert yaml.safe_load((out / "config.yaml").read_text())["debug"]["companions"] == expected
+
+
 def test_suspects_csv_columns_order_and_labels(table_run):
     out, _ = table_run
     suspects = suspects_of(out)

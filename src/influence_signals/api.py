@@ -147,17 +147,20 @@ def train_settings(model: str, epochs: int | None, lr: float | None, batch_size:
 
 
 def build_config(name: str, spec: Mapping[str, Any], model: str, seeds: int, folds: int,
-                 settings: Mapping[str, Any], device: str = "cpu", top: float = 0.1, keep_runs: bool = False
-                 ) -> dict[str, Any]:
+                 settings: Mapping[str, Any], device: str = "cpu", top: float = 0.1, keep_runs: bool = False,
+                 companions: Sequence[str] | None = None) -> dict[str, Any]:
     """A config that declares only this data set and its ``debug:`` section (every other key takes its schema
-    default): no study grid, figures or tables."""
+    default; ``companions`` None: every registered one): no study grid, figures or tables."""
+    from .companions import COMPANIONS
+
     return {
         "device": device,
         "prepare": {"clip": CLIP_SD},
         "datasets": {name: dict(spec)},
         "train": {"models": {model: dict(settings)}},
         "signals": {"names": cross_fitted_names()},  # the held-out folds hold the user's glitches too
-        "debug": {"dataset": name, "model": model, "folds": folds, "seeds": seeds, "top": top, "keep_runs": keep_runs},
+        "debug": {"dataset": name, "model": model, "folds": folds, "seeds": seeds, "top": top, "keep_runs": keep_runs,
+                  "companions": COMPANIONS.names() if companions is None else list(companions)},
         "figures": {},
         "tables": {},
     }
@@ -221,7 +224,8 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
                 pretrained: str | None = None, size: int | None = None, channels: int = 3, top: float = 0.1,
                 name: str | None = None, device: str = "cpu", cores: int | None = None, out: str | Path | None = None,
                 dry_run: bool = False, verbose: bool = False, progress: Callable[[str], None] = _quiet,
-                profile: str | Path | None = None, keep_runs: bool = False) -> Issues | None:
+                profile: str | Path | None = None, keep_runs: bool = False, companions: Sequence[str] | None = None
+                ) -> Issues | None:
     """Every row of ``data`` judged: mislabel, anomaly or none, a suggested label, a suspicion and confidence.
 
     ``data`` is a CSV / ARFF path, an image folder (``root/<class>/*.png|jpg``) or a DataFrame (written to
@@ -230,6 +234,8 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
     folder (default: a new temporary one); ``profile`` a Snakemake profile folder whose executor runs the jobs
     (``profiles/slurm``: each fold's run a cluster job). The runs' folders under ``out/results/crossfit`` (their
     TracIn factors: 3.4 GB for 10,000 rows) are removed once the report is written, unless ``keep_runs``.
+    ``companions``: for a table, the learners fitted beside the network on each fold, whose held-out probabilities
+    are averaged with its (``companions.COMPANIONS``; None: all of them, ``[]``: the network alone).
     Bad input raises ``DataError`` / ``ConfigError`` before any work; a failed job raises ``WorkflowFailed``.
     Returns None for a ``dry_run`` (the jobs are printed).
     """
@@ -268,12 +274,14 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
         raise ConfigError(f"--model {model}: {'not a model' if model not in MODELS else 'a model for ' + MODELS[model].modality + ' data'};"
                           f" for {'a table' if loaded.modality == 'tabular' else 'images'} use one of {', '.join(fitting)}")
     settings = train_settings(model, epochs, lr, batch_size, pretrained)
-    config = build_config(name, spec, model, seeds, folds, settings, device, top, keep_runs)
+    config = build_config(name, spec, model, seeds, folds, settings, device, top, keep_runs, companions)
     cfg.validate(copy.deepcopy(config))  # a bad setting stops here, before any work
     folder = output_folder(folder, path)
     config_file = folder / "config.yaml"
     write_text(config_file, yaml.safe_dump(config, sort_keys=False))
-    progress(f"{name}: {len(loaded.y)} rows, {loaded.n_classes} classes; {model}, {folds} folds x {seeds} seeds in "
+    beside = config["debug"]["companions"] if loaded.modality == "tabular" else []
+    learners = f"{model} with {', '.join(beside)}" if beside else model
+    progress(f"{name}: {len(loaded.y)} rows, {loaded.n_classes} classes; {learners}, {folds} folds x {seeds} seeds in "
              f"{seeds * folds} jobs, then the report; config {config_file}")
     if len(loaded.y) > LARGE_ROWS and seeds * folds > 3:
         progress(f"note: {len(loaded.y):,} rows x {seeds} seeds x {folds} folds trains {seeds * folds} models on most of "

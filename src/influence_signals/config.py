@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .companions import COMPANIONS
 from .datasets import DATASETS, DataError, loader_name, loader_options
 from .glitches import GLITCHES
 from .models import MODELS
@@ -57,6 +58,8 @@ def schema() -> dict[str, Any]:
     props["train"]["properties"]["models"]["propertyNames"]["enum"] = MODELS.names()
     props["pretrain"]["propertyNames"] = {"enum": MODELS.names()}
     props["debug"]["properties"]["model"]["enum"] = MODELS.names()
+    companions = props["debug"]["properties"]["companions"]
+    companions["items"]["enum"], companions["default"] = COMPANIONS.names(), COMPANIONS.names()
     mixture = props["glitch_options"]["properties"]["mixture"]["properties"]
     mixable = [g for g in GLITCHES if g.in_mixtures]
     mixture["components"]["propertyNames"] = {"enum": [g.name for g in mixable]}

@@ -72,9 +72,10 @@ class Evidence:
 
     ``per_row``: one line per (run, training row) with its id, seed, fold, row and observed label and every
     signal's score (last checkpoint); ``epoch``: the checkpoint whose held-out rows' mean loss is lowest over
-    all runs (``held_out_loss`` per checkpoint); ``pred_probs``: each row's held-out class probabilities at
-    that checkpoint (from the run that held it out), averaged over seeds; ``training_loss``: its loss at
-    that checkpoint in the runs that trained on it, averaged.
+    all runs (``held_out_loss`` per checkpoint); ``pred_probs``: each row's held-out class probabilities, the
+    mean of the network's at that checkpoint and each companion learner's (``learners``: the network first,
+    then the companions fitted), each from the run that held the row out and averaged over seeds;
+    ``training_loss``: its loss at that checkpoint in the runs that trained on it, averaged.
     """
 
     per_row: pd.DataFrame
@@ -82,6 +83,7 @@ class Evidence:
     training_loss: np.ndarray
     epoch: int
     held_out_loss: np.ndarray
+    learners: tuple[str, ...] = ("network",)
 
 
 def _cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -98,7 +100,12 @@ def collect(runs: Sequence[str | Path], folds: int, data: datasets.DataSet) -> E
     0.88 there against 0.79 at the end), while one still learning (Image Segmentation) picks its last epochs.
     Two passes over the runs' factors (the losses, then the chosen checkpoint), so memory stays O(rows x
     classes). Checks that every row is scored exactly ``seeds x (folds - 1)`` times in training and held out
-    exactly once per seed.
+    exactly once per seed, and that each companion learner held out every row.
+
+    The held-out probabilities are the plain mean of the network's and the companions' (``companions``; the
+    debug workflow fits them on the first seed's partition only, as cleanlab's cross-validation does): on the
+    detection benchmark's label noise, weights chosen by each learner's held-out loss did no better than equal
+    ones, and the mean of the three beat each pair.
     """
     from .factors import FactorStore
 
@@ -106,6 +113,8 @@ def collect(runs: Sequence[str | Path], folds: int, data: datasets.DataSet) -> E
     ids = data.ids.astype(str)
     index = pd.Series(np.arange(len(ids)), index=ids)
     stores = []  # (store, training rows, training labels, held-out rows) of each run
+    companion_sums: dict[str, np.ndarray] = {}  # each companion's held-out probabilities, summed over its runs
+    companion_runs: dict[str, np.ndarray] = {}  # how many of its runs held each row out
     loss_sums = None
     times_held_out = np.zeros((seeds, len(ids)), dtype=int)
     frames = []
@@ -126,6 +135,9 @@ def collect(runs: Sequence[str | Path], folds: int, data: datasets.DataSet) -> E
                            for t in range(store.n_checkpoints)])
         loss_sums = losses if loss_sums is None else loss_sums + losses
         times_held_out[seed, rows] += 1
+        for name, probabilities in load_npz(folder / "companions.npz").items():
+            companion_sums.setdefault(name, np.zeros((len(ids), data.n_classes)))[rows] += probabilities
+            companion_runs.setdefault(name, np.zeros(len(ids)))[rows] += 1
         stores.append((store, train_rows, split["train_y"], rows))
     per_row = pd.concat(frames, ignore_index=True)
     counts = per_row["id"].value_counts().reindex(ids, fill_value=0)
@@ -134,6 +146,9 @@ def collect(runs: Sequence[str | Path], folds: int, data: datasets.DataSet) -> E
     if loss_sums is None or len(wrong) or (times_held_out != 1).any():
         raise RuntimeError(f"not every row was scored {expected} times in training and held out once per seed: "
                            f"{len(wrong)} rows scored otherwise (e.g. {dict(wrong.head(3))})")
+    unseen = [name for name, runs_of_row in companion_runs.items() if (runs_of_row == 0).any()]
+    if unseen:
+        raise RuntimeError(f"companion learners {', '.join(unseen)} did not hold out every row; rerun the crossfit jobs")
     held_out_loss = loss_sums / (seeds * len(ids))
     epoch = int(np.argmin(held_out_loss))
     pred_probs = np.zeros((len(ids), data.n_classes))
@@ -141,7 +156,11 @@ def collect(runs: Sequence[str | Path], folds: int, data: datasets.DataSet) -> E
     for store, train_rows, train_labels, rows in stores:
         pred_probs[rows] += _softmax(store.read("val_logits", epoch)) / seeds
         training_loss[train_rows] += _cross_entropy(_softmax(store.read("train_logits", epoch)), train_labels) / expected
-    return Evidence(per_row, pred_probs, training_loss, epoch, held_out_loss)
+    learners = ("network", *sorted(companion_sums))
+    for name in learners[1:]:
+        pred_probs += companion_sums[name] / companion_runs[name][:, None]
+    pred_probs /= len(learners)
+    return Evidence(per_row, pred_probs, training_loss, epoch, held_out_loss, learners)
 
 
 def score_columns(per_row: pd.DataFrame) -> list[str]:
@@ -203,7 +222,7 @@ def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def held_out_table(evidence: Evidence, data: datasets.DataSet) -> pd.DataFrame:
-    """Every row's held-out class probabilities (mean over seeds), in the data's order: what cleanlab's
+    """Every row's held-out class probabilities (``Evidence.pred_probs``), in the data's order: what cleanlab's
     ``find_label_issues(labels, pred_probs)`` or any other tool takes."""
     table = pd.DataFrame(evidence.pred_probs, columns=list(data.class_names))
     table.insert(0, "id", data.ids.astype(str))

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from .api import WorkflowFailed, find_issues
+from .companions import COMPANIONS
 from .config import ConfigError
 from .datasets import DataError
 
@@ -47,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
                                                           "OUT/snakemake.log; only progress is printed)")
     p.add_argument("--dry-run", action="store_true", help="write the config and show the jobs; run nothing")
     p.add_argument("--profile", help="a Snakemake profile whose executor runs the jobs (e.g. profiles/slurm)")
+    p.add_argument("--companions", nargs="*", metavar="NAME", choices=COMPANIONS.names(),
+                   help=f"tables: learners fitted beside the network on each fold, their held-out probabilities averaged "
+                        f"with its ({', '.join(COMPANIONS.names())}: the default, all; none named: the network alone)")
     p.add_argument("--keep-runs", action="store_true", help="keep the runs' folders under OUT/results/crossfit (their "
                                                              "TracIn factors: GBs); by default removed after the report")
     return top
@@ -59,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              folds=args.folds, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                              pretrained=args.pretrained, size=args.size, channels=args.channels, top=args.top,
                              name=args.name, device=args.device, cores=args.cores, out=args.out, dry_run=args.dry_run,
-                             verbose=args.verbose, progress=progress, profile=args.profile, keep_runs=args.keep_runs)
+                             verbose=args.verbose, progress=progress, profile=args.profile, keep_runs=args.keep_runs,
+                             companions=args.companions)
     except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -255,18 +255,26 @@ def winsorised(x: np.ndarray, limit: float = WINSOR_SD) -> np.ndarray:
     return np.asarray(np.clip((flat - flat.mean(0)) / sd, -limit, limit))
 
 
-def nearest_distances(queries: np.ndarray, references: np.ndarray, k: int, same: bool = False,
-                      max_pairs: int | None = EXACT_PAIRS) -> np.ndarray:
-    """Distances (n, k) of each query to its k nearest references, ascending; ``same``: the queries are the
-    references, each row's own entry left out. Exact up to ``max_pairs`` pairs (None: always), approximate
+def nearest_neighbours(queries: np.ndarray, references: np.ndarray, k: int, same: bool = False,
+                       max_pairs: int | None = EXACT_PAIRS) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices (n, k) of each query's k nearest references, ascending; ``same``: the queries are
+    the references, each row's own entry left out. Exact up to ``max_pairs`` pairs (None: always), approximate
     beyond (``approximate_neighbours``, its recall measured in ``benchmarks/scale_benchmark.py``)."""
     from sklearn.neighbors import NearestNeighbors
 
     if max_pairs is None or len(queries) * len(references) <= max_pairs:
         if same:
-            return np.asarray(NearestNeighbors(n_neighbors=k + 1).fit(references).kneighbors(references)[0][:, 1:])
-        return np.asarray(NearestNeighbors(n_neighbors=k).fit(references).kneighbors(queries)[0])
-    return approximate_neighbours(queries, references, k, same)[0]
+            distances, indices = NearestNeighbors(n_neighbors=k + 1).fit(references).kneighbors(references)
+            return np.asarray(distances[:, 1:]), np.asarray(indices[:, 1:])
+        distances, indices = NearestNeighbors(n_neighbors=k).fit(references).kneighbors(queries)
+        return np.asarray(distances), np.asarray(indices)
+    return approximate_neighbours(queries, references, k, same)
+
+
+def nearest_distances(queries: np.ndarray, references: np.ndarray, k: int, same: bool = False,
+                      max_pairs: int | None = EXACT_PAIRS) -> np.ndarray:
+    """The distances of ``nearest_neighbours``."""
+    return nearest_neighbours(queries, references, k, same, max_pairs)[0]
 
 
 def approximate_neighbours(queries: np.ndarray, references: np.ndarray, k: int, same: bool = False,

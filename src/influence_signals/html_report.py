@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import datasets
+from .companions import COMPANIONS
 from .crossfit import fold_folders
 from .detector import LFDR_CUT
 
@@ -164,9 +165,11 @@ def confused_pairs(suspects: pd.DataFrame, count: int = N_PAIRS) -> dict[str, An
 
 def report_context(runs: Sequence[str | Path], folds: int, model: str, data: datasets.DataSet, spec: Mapping[str, Any],
                    suspects: pd.DataFrame, harms: Mapping[str, pd.DataFrame], top: float, settings: Mapping[str, Any],
-                   pred_probs: np.ndarray, n_explained: int = 10, max_rows: int = MAX_ROWS) -> dict[str, Any]:
+                   pred_probs: np.ndarray, learners: Sequence[str] = ("network",), n_explained: int = 10,
+                   max_rows: int = MAX_ROWS) -> dict[str, Any]:
     """Everything the template shows; ``suspects`` is suspects.csv's table (class names, most suspicious
-    first), ``pred_probs`` the held-out probabilities in the data's row order."""
+    first), ``pred_probs`` the held-out probabilities in the data's row order, the mean of ``learners``'
+    (``crossfit.Evidence``)."""
     names = data.class_names
     n_cut = max(1, int(round(top * len(suspects))))
     kinds = Counter(suspects["glitch_type"])
@@ -232,6 +235,7 @@ def report_context(runs: Sequence[str | Path], folds: int, model: str, data: dat
     class_counts = np.bincount(data.y, minlength=len(names))
     return {
         "name": data.name, "path": spec["path"], "modality": data.modality, "model": model,
+        "companions": [COMPANIONS[name].label for name in learners if name != "network"],
         "folds": folds, "seeds": len(runs) // folds, "runs": len(runs), "epochs": settings.get("epochs"),
         "n_scores": len(runs) // folds * (folds - 1),
         "n_rows": len(suspects), "n_classes": len(names),

@@ -192,10 +192,11 @@ def signals(factors: str, train_set: str, val_set: str, errors: str, seed: int, 
 
 def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, settings: Mapping[str, Any], folds: int,
              seed: int, fold: int, clip: float | None, row_block: int, k_neighbours: int, names: Sequence[str],
-             weighting: str, run: str) -> None:
+             weighting: str, run: str, companions: Sequence[str] = ()) -> None:
     """One fold of the debug command: a model trained on the other folds of a stratified ``folds``-fold
     partition (drawn with ``seed``) of the user's data, its TracIn factors, history and every selected signal
-    per training row, in ``run`` (``crossfit``). One job per fold, not per seed: on 2 cores, 3 seeds' jobs left
+    per training row, in ``run`` (``crossfit``), and on a table the held-out probabilities of the ``companions``
+    fitted on the same rows (``companions.npz``, ``companions.held_out_probabilities``). One job per fold, not per seed: on 2 cores, 3 seeds' jobs left
     a core idle for a third of the run (10,000 rows at the defaults: 69 s with a job per seed, 58 s with a job
     per fold, one run after the other); the jobs fork from the warm server, so none imports torch & co. again
     (each job's own client process still starts: about 0.35 s between two jobs).
@@ -203,6 +204,7 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
     is computed as its own logged step (``crossfit.Progress``), so the log shows where a long job is."""
     import tempfile
 
+    from . import companions as learners
     from . import crossfit as folds_of
     from . import influence, training
     from .artifacts import atomic_path
@@ -223,6 +225,10 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
             history = training.train(net, train_set, held_out, _train_settings(settings, seed),
                                      f"{checkpoints}/checkpoints", folder / "factors")
         write_csv(folder / "history.csv", history)
+        chosen = list(companions) if train_set.modality == "tabular" else []
+        with progress.step(f"{step}: companion learners ({', '.join(chosen) or 'none'})"):
+            save_npz(folder / "companions.npz", **learners.held_out_probabilities(
+                chosen, train_set.x, train_set.y, held_out.x, train_set.n_classes, seed))
         store = FactorStore(folder / "factors")
         inputs = signal_registry.SignalInputs(influence.open_influence(str(folder / "factors"), device, weighting, None), store,
                                               row_block, k_neighbours=k_neighbours, seed=seed, data=(train_set.x, held_out.x))
@@ -265,7 +271,7 @@ def debug_report(runs: Sequence[str], dataset: str, spec: Mapping[str, Any], dat
         harms = folds_of.harmed_rows(runs, folds, evidence.per_row, list(table["id"].head(10)), flagged)
     with progress.step("report.html"):
         context = html_report.report_context(runs, folds, model, data, spec, table, harms, top, settings,
-                                              evidence.pred_probs)
+                                              evidence.pred_probs, evidence.learners)
         write_text(report, html_report.render_report(context))
 
 

@@ -18,6 +18,7 @@ rule crossfit:
         k_neighbours=config["signals"]["k_neighbours"],
         names=config["signals"]["names"],
         weighting=config["influence"]["weighting"],
+        companions=lambda w: config["debug"]["companions"] if DEBUG and int(w.seed) == 0 else [],  # one partition
         data=data_digest,
         code=stage_fingerprint("crossfit"),
     log:

@@ -1,0 +1,47 @@
+"""Companion learners: their held-out probabilities against independent computations."""
+from __future__ import annotations
+
+import numpy as np
+
+from influence_signals import companions
+from influence_signals.companions import COMPANIONS, KNN_NEIGHBOURS, TREE_WIDTH_BUDGET
+
+
+def test_knn_probabilities_are_the_smoothed_vote_of_the_nearest_training_rows_by_brute_force():
+    rng = np.random.default_rng(0)
+    x_train, y_train, x_held = rng.normal(size=(60, 3)), rng.integers(0, 4, 60), rng.normal(size=(15, 3))
+    probabilities = companions.nearest_neighbours(x_train, y_train, x_held, 4, seed=0)
+    for row, query in enumerate(x_held):
+        nearest = np.argsort(((x_train - query) ** 2).sum(1))[:KNN_NEIGHBOURS]
+        votes = np.bincount(y_train[nearest], minlength=4)
+        np.testing.assert_allclose(probabilities[row], (votes + 0.5) / (KNN_NEIGHBOURS + 2.0))
+    assert (probabilities > 0).all()  # never 0: a label the neighbours never show keeps a finite loss
+
+
+def test_gradient_boosting_is_scikit_learns_with_the_classes_it_never_saw_at_zero():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(1)
+    x_train, x_held = rng.normal(size=(80, 4)), rng.normal(size=(10, 4))
+    y_train = np.where(x_train[:, 0] > 0, 2, 0)  # classes 1 and 3 of 4 absent from this fold's training rows
+    probabilities = companions.gradient_boosting(x_train, y_train, x_held, 4, seed=3)
+    expected = HistGradientBoostingClassifier(random_state=3).fit(x_train, y_train).predict_proba(x_held)
+    np.testing.assert_allclose(probabilities[:, [0, 2]], expected)
+    assert (probabilities[:, [1, 3]] == 0).all()
+    np.testing.assert_allclose(probabilities.sum(1), 1.0)
+
+
+def test_trees_are_fitted_only_within_the_width_budget_and_every_companion_is_registered():
+    rng = np.random.default_rng(2)
+    narrow, y = rng.normal(size=(40, 5)), np.arange(40) % 4
+    assert set(companions.held_out_probabilities(COMPANIONS.names(), narrow, y, narrow[:5], 4, 0)) == {"gradient_boosting", "knn"}
+    wide = rng.normal(size=(40, TREE_WIDTH_BUDGET // 4 + 1))  # features x classes just over the budget
+    assert set(companions.held_out_probabilities(COMPANIONS.names(), wide, y, wide[:5], 4, 0)) == {"knn"}
+    assert companions.held_out_probabilities([], narrow, y, narrow[:5], 4, 0) == {}
+
+
+def test_the_config_schema_offers_and_defaults_to_every_registered_companion():
+    from influence_signals import config as cfg
+
+    declared = cfg.schema()["properties"]["debug"]["properties"]["companions"]
+    assert declared["items"]["enum"] == declared["default"] == COMPANIONS.names()
