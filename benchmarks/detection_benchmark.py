@@ -162,7 +162,7 @@ def run_baselines(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
         started = time.perf_counter()
         quality = get_label_quality_scores(y, probabilities)
         flags = find_label_issues(y, probabilities)
-        out[f"cleanlab_{kind}"] = {"label_score": 1 - quality, "label_flag": flags,
+        out[f"cleanlab_{kind}"] = {"label_score": 1 - quality, "label_flag": flags, "pred_probs": probabilities,
                                    "seconds": fitted + time.perf_counter() - started}
         started = time.perf_counter()
         lab = Datalab(data={"label": y}, label_name="label", verbosity=0)

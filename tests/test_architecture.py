@@ -10,6 +10,7 @@ import pytest
 
 from influence_signals import config as cfg
 from influence_signals import fingerprint
+from influence_signals.companions import COMPANIONS
 from influence_signals.datasets import DATASETS
 from influence_signals.glitches import GLITCHES
 from influence_signals.models import MODELS
@@ -41,6 +42,7 @@ def test_schema_enums_come_from_the_registries():
     assert schema["properties"]["figures"]["additionalProperties"]["properties"]["kind"]["enum"] == FIGURE_KINDS.names()
     assert set(SIGNALS.names()) <= set(schema["properties"]["plot_signals"]["items"]["enum"])
     assert set(labels()) == set(schema["properties"]["plot_signals"]["items"]["enum"])  # every score has a plot label
+    assert schema["properties"]["debug"]["properties"]["companions"]["items"]["enum"] == COMPANIONS.names()
 
 
 def test_every_stage_fingerprint_is_derived_and_distinct_where_the_code_differs():

@@ -38,6 +38,11 @@ kNN top-k precision on shifted rows 0.96, clipped 1.00)."""
 TAIL_BAND = (1.0, 3.0)
 """Robust z range where the clean bulk's right tail is fitted: beyond the centre, before the anomalies."""
 LFDR_WINDOW = 0.5  # half-width (robust sd) of the window in which observed and expected counts are compared
+TRANSITION_PRIOR = 0.1
+"""Mean cell counts added to each cell of the confident joint before it becomes noise transitions. One full
+count flattened a one-way flip's transitions: repair accuracy on the benchmark's class-dependent noise of the
+generated set 0.88 with 1, 0.97 with 0.1, 0.99 with none; over all its label-noise cases 0.963, 0.972 and
+0.963 (with none, uniform noise's sparse cells ruled classes out)."""
 LFDR_CUT = 0.2  # Efron's conventional cut-off: a row is declared where at most 20 % of its neighbourhood is null
 EXACT_PAIRS = 20_000 * 20_000
 """Nearest-neighbour searches over at most this many (query, reference) pairs are exact (scikit-learn's brute
@@ -114,7 +119,8 @@ def label_evidence(labels: np.ndarray, pred_probs: np.ndarray, training_loss: np
 
 def noise_transitions(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
     """T[i, j] = P(observed label i | true label j), from confident learning's calibrated confident joint,
-    each cell given one mean cell count more (smoothing toward uniform: few counts must not decide a class)."""
+    each cell given ``TRANSITION_PRIOR`` mean cell counts more (smoothing toward uniform: a cell with no count
+    must not rule a class out)."""
     from cleanlab.count import compute_confident_joint
 
     n_classes = pred_probs.shape[1]
@@ -123,7 +129,7 @@ def noise_transitions(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
     if len(present) >= 2:
         probs = pred_probs[:, present] / np.maximum(pred_probs[:, present].sum(1, keepdims=True), 1e-12)
         joint = compute_confident_joint(np.searchsorted(present, labels), probs, calibrate=True).astype(np.float64)
-        counts[np.ix_(present, present)] = joint + joint.sum() / joint.size
+        counts[np.ix_(present, present)] = joint + TRANSITION_PRIOR * joint.sum() / joint.size
     return np.asarray(counts / counts.sum(0, keepdims=True))
 
 
