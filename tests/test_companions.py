@@ -45,3 +45,16 @@ def test_a_config_without_companions_gets_every_registered_one():
 
     validated = cfg.validate({"datasets": {"segment": {}}, "debug": {"dataset": "segment", "model": "mlp"}})
     assert validated["debug"]["companions"] == COMPANIONS.names()
+
+
+def test_an_unknown_companion_is_a_one_line_config_error_before_any_work(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from influence_signals import find_issues
+    from influence_signals.config import ConfigError
+
+    frame = pd.DataFrame({"a": range(40), "b": range(40), "y": ["p", "q", "r", "s"] * 10})
+    with pytest.raises(ConfigError, match="companions.*'forest' is not one of"):
+        find_issues(frame, label="y", companions=["forest"], out=tmp_path / "out", dry_run=True)
+    assert not (tmp_path / "out" / "config.yaml").exists()
