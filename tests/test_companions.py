@@ -38,6 +38,8 @@ def test_trees_are_fitted_only_within_the_width_budget_and_every_companion_is_re
     wide = rng.normal(size=(40, TREE_WIDTH_BUDGET // 4 + 1))  # features x classes just over the budget
     assert set(companions.held_out_probabilities(COMPANIONS.names(), wide, y, wide[:5], 4, 0)) == {"knn"}
     assert companions.held_out_probabilities([], narrow, y, narrow[:5], 4, 0) == {}
+    assert companions.for_modality(COMPANIONS.names(), "tabular") == COMPANIONS.names()
+    assert companions.for_modality(COMPANIONS.names(), "image") == []  # images get none
 
 
 def test_a_config_without_companions_gets_every_registered_one():

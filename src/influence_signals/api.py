@@ -23,6 +23,7 @@ import yaml
 
 from . import config as cfg
 from . import datasets, paths, warm
+from .companions import COMPANIONS, for_modality
 from .artifacts import write_text
 from .config import ConfigError
 from .datasets import DataError
@@ -151,8 +152,6 @@ def build_config(name: str, spec: Mapping[str, Any], model: str, seeds: int, fol
                  companions: Sequence[str] | None = None) -> dict[str, Any]:
     """A config that declares only this data set and its ``debug:`` section (every other key takes its schema
     default; ``companions`` None: every registered one): no study grid, figures or tables."""
-    from .companions import COMPANIONS
-
     return {
         "device": device,
         "prepare": {"clip": CLIP_SD},
@@ -279,7 +278,7 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
     folder = output_folder(folder, path)
     config_file = folder / "config.yaml"
     write_text(config_file, yaml.safe_dump(config, sort_keys=False))
-    beside = config["debug"]["companions"] if loaded.modality == "tabular" else []
+    beside = for_modality(config["debug"]["companions"], loaded.modality)
     learners = f"{model} with {', '.join(beside)}" if beside else model
     progress(f"{name}: {len(loaded.y)} rows, {loaded.n_classes} classes; {learners}, {folds} folds x {seeds} seeds in "
              f"{seeds * folds} jobs, then the report; config {config_file}")

@@ -15,7 +15,7 @@ on raw pixels are weak and slow.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +60,9 @@ def gradient_boosting(x_train: np.ndarray, y_train: np.ndarray, x_held_out: np.n
 def nearest_neighbours(x_train: np.ndarray, y_train: np.ndarray, x_held_out: np.ndarray, n_classes: int,
                        seed: int) -> np.ndarray:
     """The labels of a held-out row's ``KNN_NEIGHBOURS`` nearest training rows (the standardised, clipped
-    features the network sees), each class's count plus a half, normalised: never a probability of 0."""
+    features the network sees), each class's count plus a half, normalised: never a probability of 0. The
+    search is ``detector.nearest_neighbours`` rather than scikit-learn's KNeighborsClassifier: the same exact
+    search up to ``detector.EXACT_PAIRS`` pairs and the approximate one beyond, where brute force grows as n^2."""
     from . import detector
 
     k = min(KNN_NEIGHBOURS, len(x_train))
@@ -74,6 +76,11 @@ COMPANIONS: Registry[Companion] = Registry("companion learner")
 COMPANIONS.add(Companion("gradient_boosting", "gradient-boosted trees", fit_predict=gradient_boosting,
                          fits=lambda features, classes: features * classes <= TREE_WIDTH_BUDGET))
 COMPANIONS.add(Companion("knn", f"{KNN_NEIGHBOURS} nearest neighbours", fit_predict=nearest_neighbours))
+
+
+def for_modality(names: Sequence[str], modality: str) -> list[str]:
+    """The companions that apply to data of this modality: all named ones for a table, none for images."""
+    return list(names) if modality == "tabular" else []
 
 
 def held_out_probabilities(names: list[str], x_train: np.ndarray, y_train: np.ndarray, x_held_out: np.ndarray,

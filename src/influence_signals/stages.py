@@ -196,11 +196,11 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
     """One fold of the debug command: a model trained on the other folds of a stratified ``folds``-fold
     partition (drawn with ``seed``) of the user's data, its TracIn factors, history and every selected signal
     per training row, in ``run`` (``crossfit``), and on a table the held-out probabilities of the ``companions``
-    fitted on the same rows (``companions.npz``, ``companions.held_out_probabilities``). One job per fold, not per seed: on 2 cores, 3 seeds' jobs left
-    a core idle for a third of the run (10,000 rows at the defaults: 69 s with a job per seed, 58 s with a job
-    per fold, one run after the other); the jobs fork from the warm server, so none imports torch & co. again
-    (each job's own client process still starts: about 0.35 s between two jobs).
-    Checkpoints are kept only while the fold trains (its factors hold what the signals need). Each costly input
+    fitted on the same rows (``companions.npz``, ``companions.held_out_probabilities``). One job per fold, not
+    per seed: on 2 cores, 3 seeds' jobs left a core idle for a third of the run (10,000 rows at the defaults:
+    69 s with a job per seed, 58 s with a job per fold, one run after the other); the jobs fork from the warm
+    server, so none imports torch & co. again (each job's own client process still starts: about 0.35 s between
+    two jobs). Checkpoints are kept only while the fold trains (its factors hold what the signals need). Each costly input
     is computed as its own logged step (``crossfit.Progress``), so the log shows where a long job is."""
     import tempfile
 
@@ -225,7 +225,7 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
             history = training.train(net, train_set, held_out, _train_settings(settings, seed),
                                      f"{checkpoints}/checkpoints", folder / "factors")
         write_csv(folder / "history.csv", history)
-        chosen = list(companions) if train_set.modality == "tabular" else []
+        chosen = learners.for_modality(companions, train_set.modality)
         with progress.step(f"{step}: companion learners ({', '.join(chosen) or 'none'})"):
             save_npz(folder / "companions.npz", **learners.held_out_probabilities(
                 chosen, train_set.x, train_set.y, held_out.x, train_set.n_classes, seed))
