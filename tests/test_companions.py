@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from influence_signals import companions
-from influence_signals.companions import COMPANIONS, KNN_NEIGHBOURS, TREE_WIDTH_BUDGET
+from influence_signals.companions import COMPANIONS, FOREST_TREES, KNN_NEIGHBOURS, TREE_WIDTH_BUDGET
 
 
 def test_knn_probabilities_are_the_smoothed_vote_of_the_nearest_training_rows_by_brute_force():
@@ -31,15 +31,31 @@ def test_gradient_boosting_is_scikit_learns_with_the_classes_it_never_saw_at_zer
     np.testing.assert_allclose(probabilities.sum(1), 1.0)
 
 
-def test_trees_are_fitted_only_within_the_width_budget_and_every_companion_is_registered():
+def test_random_forest_is_scikit_learns_with_the_classes_it_never_saw_at_zero():
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(4)
+    x_train, x_held = rng.normal(size=(80, 6)), rng.normal(size=(10, 6))
+    y_train = np.where(x_train[:, 1] > 0, 3, 1)  # classes 0 and 2 of 4 absent from this fold's training rows
+    probabilities = companions.random_forest(x_train, y_train, x_held, 4, seed=5)
+    expected = RandomForestClassifier(FOREST_TREES, random_state=5).fit(x_train, y_train).predict_proba(x_held)
+    np.testing.assert_allclose(probabilities[:, [1, 3]], expected)
+    assert (probabilities[:, [0, 2]] == 0).all()
+
+
+def test_boosting_on_narrow_tables_a_forest_on_wide_ones_and_nothing_on_images():
+    names = COMPANIONS.names()
+    assert companions.fitted(names, "tabular", (40, 5), 4) == ["gradient_boosting", "knn"]
+    wide = (40, TREE_WIDTH_BUDGET // 4 + 1)  # features x classes just over the budget
+    assert companions.fitted(names, "tabular", wide, 4) == ["random_forest", "knn"]
+    assert companions.fitted(names, "tabular", (40, TREE_WIDTH_BUDGET // 4), 4) == ["gradient_boosting", "knn"]
+    assert companions.fitted(["knn"], "tabular", wide, 4) == ["knn"]
+    assert companions.fitted(names, "image", (40, 3, 8, 8), 4) == []  # images get none
     rng = np.random.default_rng(2)
-    narrow, y = rng.normal(size=(40, 5)), np.arange(40) % 4
-    assert set(companions.held_out_probabilities(COMPANIONS.names(), narrow, y, narrow[:5], 4, 0)) == {"gradient_boosting", "knn"}
-    wide = rng.normal(size=(40, TREE_WIDTH_BUDGET // 4 + 1))  # features x classes just over the budget
-    assert set(companions.held_out_probabilities(COMPANIONS.names(), wide, y, wide[:5], 4, 0)) == {"knn"}
-    assert companions.held_out_probabilities([], narrow, y, narrow[:5], 4, 0) == {}
-    assert companions.for_modality(COMPANIONS.names(), "tabular") == COMPANIONS.names()
-    assert companions.for_modality(COMPANIONS.names(), "image") == []  # images get none
+    x, y = rng.normal(size=(40, 5)), np.arange(40) % 4
+    chosen = companions.held_out_probabilities(["random_forest", "knn"], x, y, x[:5], 4, 0)
+    assert list(chosen) == ["random_forest", "knn"] and all(p.shape == (5, 4) for p in chosen.values())
+    assert companions.held_out_probabilities([], x, y, x[:5], 4, 0) == {}
 
 
 def test_a_config_without_companions_gets_every_registered_one():

@@ -153,7 +153,7 @@ def test_companions_named_in_the_command_reach_the_config_and_none_named_leaves_
     import yaml
 
     write_table(tmp_path / "mine.csv", n_rows=60, n_flipped=0)
-    for extra, expected in (([], ["gradient_boosting", "knn"]), (["--companions"], []), (["--companions", "knn"], ["knn"])):
+    for extra, expected in (([], ["gradient_boosting", "random_forest", "knn"]), (["--companions"], []), (["--companions", "knn"], ["knn"])):
         out = tmp_path / f"report{len(extra)}"
         assert main(["debug", str(tmp_path / "mine.csv"), "--label", "target", "--out", str(out), "--dry-run", *extra]) == 0
         assert yaml.safe_load((out / "config.yaml").read_text())["debug"]["companions"] == expected

@@ -23,7 +23,7 @@ import yaml
 
 from . import config as cfg
 from . import datasets, paths, warm
-from .companions import COMPANIONS, for_modality
+from .companions import COMPANIONS, fitted
 from .artifacts import write_text
 from .config import ConfigError
 from .datasets import DataError
@@ -278,7 +278,7 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
     folder = output_folder(folder, path)
     config_file = folder / "config.yaml"
     write_text(config_file, yaml.safe_dump(config, sort_keys=False))
-    beside = for_modality(config["debug"]["companions"], loaded.modality)
+    beside = fitted(config["debug"]["companions"], loaded.modality, loaded.x.shape, loaded.n_classes)
     learners = f"{model} with {', '.join(beside)}" if beside else model
     progress(f"{name}: {len(loaded.y)} rows, {loaded.n_classes} classes; {learners}, {folds} folds x {seeds} seeds in "
              f"{seeds * folds} jobs, then the report; config {config_file}")

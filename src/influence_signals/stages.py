@@ -225,7 +225,7 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
             history = training.train(net, train_set, held_out, _train_settings(settings, seed),
                                      f"{checkpoints}/checkpoints", folder / "factors")
         write_csv(folder / "history.csv", history)
-        chosen = learners.for_modality(companions, train_set.modality)
+        chosen = learners.fitted(companions, train_set.modality, train_set.x.shape, train_set.n_classes)
         with progress.step(f"{step}: companion learners ({', '.join(chosen) or 'none'})"):
             save_npz(folder / "companions.npz", **learners.held_out_probabilities(
                 chosen, train_set.x, train_set.y, held_out.x, train_set.n_classes, seed))
