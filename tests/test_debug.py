@@ -74,6 +74,26 @@ def test_every_row_is_scored_once_per_seed_and_fold_with_its_id_and_no_id_featur
     assert store.meta.dim == 192  # the network's features: the id column was no input (N_FEATURES columns are)
 
 
+def test_pairwise_signals_come_from_the_first_seed_and_the_others_from_every_run(table_run):
+    from influence_signals import paths
+    from influence_signals.signals import SIGNALS, without_pairwise_pass
+
+    out, _ = table_run
+    scores = pd.concat([pd.read_csv(out / paths.crossfit("mine", "mlp", seed, k) / "scores.csv", dtype={"id": str})
+                        .assign(seed=seed) for seed in range(SEEDS) for k in range(FOLDS)], ignore_index=True)
+    pairwise = [name for name in ("aai", "sign_aware", "cnci", "pcid", "cfrank") if name in scores]
+    assert pairwise and without_pairwise_pass(pairwise) == [] and without_pairwise_pass(["si", "loss"]) == ["si", "loss"]
+    assert scores.loc[scores["seed"] == 0, pairwise].notna().all().all()
+    assert scores.loc[scores["seed"] > 0, pairwise].isna().all().all()  # not computed there: no column in those files
+    everywhere = [name for name in ("si", "loss", "aum") if name in SIGNALS.names()]
+    assert scores[everywhere].notna().all().all()
+    suspects = suspects_of(out).set_index("id")
+    first_seed = scores[scores["seed"] == 0].groupby("id")[pairwise + everywhere].mean()
+    every_run = scores.groupby("id")[everywhere].mean()
+    np.testing.assert_allclose(suspects.loc[first_seed.index, pairwise], first_seed[pairwise], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(suspects.loc[every_run.index, everywhere], every_run, rtol=1e-5, atol=1e-8)
+
+
 def test_pred_probs_csv_holds_the_held_out_probabilities_of_every_row(table_run):
     out, truth = table_run
     probs = pd.read_csv(out / "pred_probs.csv", dtype={"id": str})

@@ -179,7 +179,9 @@ def suspicion_table(evidence: Evidence, data: datasets.DataSet, progress: Progre
     models' held-out probabilities and the row's mean loss while in training, both at the checkpoint
     ``collect`` chose, as label evidence, and a contamination-robust novelty of each row against the rest of
     the data (``detector.robust_novelty``). The per-signal columns are each score's mean over the runs
-    where the row was in training.
+    where the row was in training; a signal that needs the pairwise pass is computed in the first seed's runs
+    only (the debug workflow's ``pairwise``), so its mean is over those. None of them is in the verdict (the
+    detection benchmark's ablation: none helps it reliably), and the pass costs about a third of each run.
     """
     from . import detector
 

@@ -351,6 +351,17 @@ def cross_fitted_names() -> list[str]:
     return [s.name for s in SIGNALS if not s.clean_reference and s.kind != "baseline"]
 
 
+PAIRWISE_NEEDS = frozenset({"class_masses", "relabelled"})
+"""Inputs only the pairwise pass over (training row, validation row) pairs gives: after training, the most
+costly part of a cross-fitted run (10,000 rows, 3 folds: 2.6 s of a job's 7, `benchmarks/scale_results.md`)."""
+
+
+def without_pairwise_pass(names: Sequence[str]) -> list[str]:
+    """The selected signals that need no pairwise pass (``PAIRWISE_NEEDS``), in their given order: what the
+    debug command computes in the runs of every seed but the first."""
+    return [name for name in names if not PAIRWISE_NEEDS & set(SIGNALS[name].needs)]
+
+
 def per_checkpoint_names(names: Sequence[str] | None = None) -> list[str]:
     """The selected signals that exist per checkpoint, in registry order."""
     return [s.name for s in SIGNALS if s.per_checkpoint and (names is None or s.name in names)]

@@ -192,11 +192,12 @@ def signals(factors: str, train_set: str, val_set: str, errors: str, seed: int, 
 
 def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, settings: Mapping[str, Any], folds: int,
              seed: int, fold: int, clip: float | None, row_block: int, k_neighbours: int, names: Sequence[str],
-             weighting: str, run: str, companions: Sequence[str] = ()) -> None:
+             weighting: str, run: str, companions: Sequence[str] = (), pairwise: bool = True) -> None:
     """One fold of the debug command: a model trained on the other folds of a stratified ``folds``-fold
     partition (drawn with ``seed``) of the user's data, its TracIn factors, history and every selected signal
     per training row, in ``run`` (``crossfit``), and on a table the held-out probabilities of the ``companions``
-    fitted on the same rows (``companions.npz``, ``companions.held_out_probabilities``). One job per fold, not
+    fitted on the same rows (``companions.npz``, ``companions.held_out_probabilities``). ``pairwise`` False
+    leaves out the signals that need the pairwise pass (``signals.without_pairwise_pass``). One job per fold, not
     per seed: on 2 cores, 3 seeds' jobs left a core idle for a third of the run (10,000 rows at the defaults:
     69 s with a job per seed, 58 s with a job per fold, one run after the other); the jobs fork from the warm
     server, so none imports torch & co. again (each job's own client process still starts: about 0.35 s between
@@ -213,6 +214,7 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
     with progress.step(f"reading {dataset}"):
         loaded = datasets.load_split(dataset, spec, data_dir, False)
     device = settings.get("device", "cpu")
+    names = list(names) if pairwise else signal_registry.without_pairwise_pass(names)
     needs = {need for name in names for need in signal_registry.SIGNALS[name].needs}
     train_set, held_out, _ = datasets.prepare(loaded, 1.0, 0.2, seed, fold, folds, clip)
     step = f"fold {fold + 1} of {folds}"

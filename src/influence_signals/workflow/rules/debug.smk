@@ -19,6 +19,7 @@ rule crossfit:
         names=config["signals"]["names"],
         weighting=config["influence"]["weighting"],
         companions=lambda w: config["debug"]["companions"] if DEBUG and int(w.seed) == 0 else [],  # one partition
+        pairwise=lambda w: int(w.seed) == 0,  # the pairwise influence signals from the first seed's runs only
         data=data_digest,
         code=stage_fingerprint("crossfit"),
     log:
