@@ -263,6 +263,7 @@ def test_report_renders_summary_top_rows_and_explanations(table_run):
     assert report.rows["suspect"] == min(N_ROWS, n_flagged + 20) and report.rows["explained"] == 10  # every flagged row
     assert f"{kinds.get('mislabel', 0)} rows" in re.sub(r"\s+", " ", report.by_id["issue-mislabel"])
     assert "confident learning estimates" in report.by_id["issue-mislabel"]
+    assert "weak-labels" not in report.by_id  # the features predict these labels
     assert report.rows.get("pair", 0) <= 10
     top = report.by_id["top-rows"]
     assert suspects["id"].iloc[0] in top and "f0=" in top and "key=" not in top  # feature values, not the id
@@ -271,6 +272,25 @@ def test_report_renders_summary_top_rows_and_explanations(table_run):
     page = (out / "report.html").read_text()
     assert page.count('class="bar mislabel"') >= 1 and page.count('class="bar none"') >= 2  # flagged vs unflagged
     assert re.search(r"row-\d{4} \((ant|bee|cat), -[\d.e+-]+\)", report.by_id["harms"])  # harmed validation rows
+
+
+def test_predictability_by_hand_and_a_page_on_unpredictable_labels_says_the_evidence_is_weak(tmp_path):
+    from influence_signals.detector import WEAK_MARGIN, predictability
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # the largest classes: 4 of 10
+    top = np.array([0, 0, 0, 1, 1, 2, 2, 2, 0, 0])  # the top class agrees on rows 0-2, 4, 6, 7: 6 of 10
+    agreement, majority, weak = predictability(labels, np.eye(3)[top])
+    assert (agreement, majority) == (0.6, 0.4) and not weak and WEAK_MARGIN < 0.2
+    assert predictability(labels, np.eye(3)[[0] * 10])[2]  # always the largest class: weak
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(150, 4)), columns=list("abcd"))
+    frame["y"] = rng.choice(list("pqr"), 150)  # labels the features do not carry
+    frame.to_csv(tmp_path / "noise.csv", index=False)
+    out = tmp_path / "report"
+    assert main(["debug", str(tmp_path / "noise.csv"), "--label", "y", "--seeds", "1", "--folds", "3",
+                 "--out", str(out)]) == 0
+    warning = re.sub(r"\s+", " ", parse_report(out / "report.html").by_id["weak-labels"])
+    assert "The label evidence is weak" in warning and "largest class" in warning
 
 
 def test_a_rows_standing_out_values_are_robust_z_against_the_median_and_mad_or_how_rare_they_are():

@@ -280,7 +280,7 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
     write_text(config_file, yaml.safe_dump(config, sort_keys=False))
     beside = fitted(config["debug"]["companions"], loaded.modality, loaded.x.shape, loaded.n_classes)
     learners = f"{model} with {', '.join(beside)}" if beside else model
-    progress(f"{name}: {len(loaded.y)} rows, {loaded.n_classes} classes; {learners}, {folds} folds x {seeds} seeds in "
+    progress(f"{name}: {len(loaded.y)} rows, {loaded.n_classes} classes; {learners}, {folds} folds x {seeds} seed{'' if seeds == 1 else 's'} in "
              f"{seeds * folds} jobs, then the report; config {config_file}")
     if len(loaded.y) > LARGE_ROWS and seeds * folds > 3:
         progress(f"note: {len(loaded.y):,} rows x {seeds} seeds x {folds} folds trains {seeds * folds} models on most of "

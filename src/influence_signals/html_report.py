@@ -20,7 +20,7 @@ import pandas as pd
 from . import datasets
 from .companions import COMPANIONS
 from .crossfit import fold_folders
-from .detector import LFDR_CUT
+from .detector import LFDR_CUT, predictability
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MAX_ROWS = 500
@@ -233,7 +233,9 @@ def report_context(runs: Sequence[str | Path], folds: int, model: str, data: dat
                           [{"id": h.val_id, "label": names[int(h.val_label)], "influence": h.influence}
                            for h in harmed.itertuples(index=False)]})
     class_counts = np.bincount(data.y, minlength=len(names))
+    agreement, majority, weak = predictability(data.y, pred_probs)
     return {
+        "agreement": agreement, "majority": majority, "weak_labels": weak,
         "name": data.name, "path": spec["path"], "modality": data.modality, "model": model,
         "companions": [COMPANIONS[name].label for name in learners if name != "network"],
         "folds": folds, "seeds": len(runs) // folds, "runs": len(runs), "epochs": settings.get("epochs"),
