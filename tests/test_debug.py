@@ -274,7 +274,7 @@ def test_report_renders_summary_top_rows_and_explanations(table_run):
     assert re.search(r"row-\d{4} \((ant|bee|cat), -[\d.e+-]+\)", report.by_id["harms"])  # harmed validation rows
 
 
-def test_predictability_by_hand_and_a_page_on_unpredictable_labels_says_the_evidence_is_weak(tmp_path):
+def test_predictability_by_hand_and_a_page_on_unpredictable_labels_says_the_evidence_is_weak(tmp_path, capsys):
     from influence_signals.detector import WEAK_MARGIN, predictability
 
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # the largest classes: 4 of 10
@@ -291,6 +291,8 @@ def test_predictability_by_hand_and_a_page_on_unpredictable_labels_says_the_evid
                  "--out", str(out)]) == 0
     warning = re.sub(r"\s+", " ", parse_report(out / "report.html").by_id["weak-labels"])
     assert "The label evidence is weak" in warning and "largest class" in warning
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert len(printed) == 1 and "the label evidence is weak" in printed[0]  # the terminal says it too
 
 
 def test_a_rows_standing_out_values_are_robust_z_against_the_median_and_mad_or_how_rare_they_are():

@@ -61,11 +61,13 @@ class WorkflowFailed(RuntimeError):
 @dataclass(frozen=True)
 class Issues:
     """What ``find_issues`` found: one line per row of the data, the most suspicious first (``table``, as in
-    ``suspects.csv``), every row's held-out class probabilities (``pred_probs``) and the output folder."""
+    ``suspects.csv``), every row's held-out class probabilities (``pred_probs``), the output folder, and what
+    to know before acting on the flags (``warnings``: the label evidence is weak, ``detector.predictability``)."""
 
     table: pd.DataFrame
     pred_probs: pd.DataFrame
     folder: Path
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> pd.DataFrame:
         """Rows per glitch type (mislabel, anomaly, none) and their share, as Datalab's report opens."""
@@ -301,7 +303,16 @@ def find_issues(data: str | Path | pd.DataFrame, label: str | None = None, id: s
     if dry_run:
         return None
     read = lambda key: pd.read_csv(folder / paths.DEBUG_OUTPUTS[key], dtype={"id": str}, keep_default_na=False)  # noqa: E731
-    return Issues(read("suspects"), read("pred_probs"), folder)
+    from .detector import predictability  # scipy.stats: not before the first progress line
+
+    probabilities = read("pred_probs")  # the data's row order, a column per class in class order after id and label
+    agreement, majority, weak = predictability(loaded.y, probabilities.iloc[:, 2:].to_numpy(float))
+    warnings = (f"warning: the label evidence is weak: held-out predictions agree with the labels on "
+                f"{agreement:.1%} of the rows, hardly more than always guessing the largest class ({majority:.1%}); "
+                f"many flagged mislabels are guesses (the report says more)",) if weak else ()
+    for line in warnings:
+        progress(line)
+    return Issues(read("suspects"), probabilities, folder, warnings)
 
 
 # ----------------------------------------------------------------------------------------------
