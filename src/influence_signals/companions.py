@@ -105,8 +105,10 @@ COMPANIONS.add(Companion("knn", f"{KNN_NEIGHBOURS} nearest neighbours", fit_pred
 def fitted(names: Sequence[str], modality: str, x_shape: Sequence[int], n_classes: int) -> list[str]:
     """The named companions fitted on this data (features ``x_shape[1:]``): none for images; on a table, those
     worth fitting at its width. The crossfit jobs fit these, and the command's first line names them."""
+    if modality != "tabular":
+        return []
     features = int(np.prod(x_shape[1:]))
-    return [name for name in names if modality == "tabular" and COMPANIONS[name].fits(features, n_classes)]
+    return [name for name in names if COMPANIONS[name].fits(features, n_classes)]
 
 
 def held_out_probabilities(names: Sequence[str], x_train: np.ndarray, y_train: np.ndarray, x_held_out: np.ndarray,

@@ -38,6 +38,9 @@ kNN top-k precision on shifted rows 0.96, clipped 1.00)."""
 TAIL_BAND = (1.0, 3.0)
 """Robust z range where the clean bulk's right tail is fitted: beyond the centre, before the anomalies."""
 LFDR_WINDOW = 0.5  # half-width (robust sd) of the window in which observed and expected counts are compared
+WEAK_MARGIN = 0.1
+"""Held-out agreement with the observed labels must beat always guessing the largest class by this much, or
+``predictability`` calls the label evidence weak."""
 TRANSITION_PRIOR = 0.3
 """Mean cell counts added to each cell of the confident joint before it becomes noise transitions. One full
 count flattened a one-way flip's transitions; none let uniform noise's sparse cells rule classes out. Repair
@@ -520,11 +523,6 @@ def detect(labels: Sequence[int] | np.ndarray, pred_probs: np.ndarray, features:
     else:
         novelty = robust_novelty([np.asarray(features, dtype=np.float64).reshape(len(labels), -1)])
     return verdict(labels, probs, novelty, training_loss=None if training_loss is None else np.asarray(training_loss))
-
-
-WEAK_MARGIN = 0.1
-"""Held-out agreement with the observed labels must beat always guessing the largest class by this much, or
-``predictability`` calls the label evidence weak."""
 
 
 def predictability(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[float, float, bool]:

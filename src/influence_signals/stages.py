@@ -237,7 +237,7 @@ def crossfit(dataset: str, spec: Mapping[str, Any], data_dir: str, model: str, s
         if needs & {"class_sums", "class_masses", "self_influence"}:
             with progress.step(f"{step}: self-influence and class sums (closed form)"):
                 _ = inputs.class_sums, inputs.self_influence
-        if needs & {"class_masses", "relabelled"}:
+        if needs & signal_registry.PAIRWISE_NEEDS:
             with progress.step(f"{step}: positive and negative influence per class (the pairwise pass)"):
                 _ = inputs.class_masses
         if "relabelled" in needs:
